@@ -1,0 +1,31 @@
+"""Look up Airflow Connections at task run time and hand them to the library as plain values."""
+
+from __future__ import annotations
+
+from include.quoteflow.settings import ConfigError, ConnectionInfo
+
+
+def connection_info(conn_id: str, *, required: bool = True) -> ConnectionInfo | None:
+    """The Airflow Connection ``conn_id`` as a :class:`ConnectionInfo`; ``None`` if absent and not required."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk import BaseHook
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        if not required:
+            return None
+        raise ConfigError(
+            f"Airflow connection {conn_id!r} is not defined; create it in Admin → Connections "
+            f"or set AIRFLOW_CONN_{conn_id.upper()} (JSON) in the environment"
+        ) from None
+    return ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=conn.conn_type,
+        host=conn.host,
+        port=conn.port,
+        schema=conn.schema,
+        login=conn.login,
+        password=conn.password,
+        extra=conn.extra_dejson or {},
+    )

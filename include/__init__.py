@@ -1,0 +1,1 @@
+"""Project code importable from the repository root (``include.quoteflow``); no Airflow imports here."""
