@@ -1,0 +1,1 @@
+"""Elasticsearch side of quoteflow: the index template, documents and ids, bulk writes with retries."""

@@ -1,0 +1,275 @@
+"""Index one time window of the quotes topic into Elasticsearch: every record indexed once, or dead-lettered.
+
+A window ``[start, end)`` becomes per-partition offset ranges (:func:`plan_window`); each range is
+read exactly with ``assign()`` and indexed with ``_id = <topic>-<partition>-<offset>``
+(:func:`index_ranges`). Invalid records and per-item mapping rejections go to the DLQ with their
+origin and reason. The group's offsets are committed only after the whole window succeeded, and
+only forward — they exist for lag tools; correctness never depends on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from include.quoteflow.elastic.bulk import BulkItem, BulkWriter, RetryPolicy
+from include.quoteflow.elastic.documents import bulk_lines, check_index_prefix
+from include.quoteflow.kafka.dlq import DeadLetterWriter
+from include.quoteflow.kafka.ranges import (
+    PartitionRange,
+    commit_if_ahead,
+    group_ranges,
+    make_consumer,
+    read_ranges,
+    watermarks,
+    window_ranges,
+)
+from include.quoteflow.quotes import InvalidQuote
+from include.quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
+
+logger = logging.getLogger(__name__)
+
+FUTURE_GRACE_S = 1.0
+
+
+@dataclass
+class IndexSummary:
+    """What one run did: records read, indexed, dead-lettered, retries, time taken, and lag after it."""
+
+    read: int = 0
+    indexed: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    elapsed_s: float = 0.0
+    lag_records: int = 0
+    committed: dict[int, int] = field(default_factory=dict)
+    ranges: list[dict[str, Any]] = field(default_factory=list)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (XCom, JSON summary)."""
+        out = asdict(self)
+        out["committed"] = {str(k): v for k, v in self.committed.items()}
+        return out
+
+    @classmethod
+    def merge(cls, parts: Iterable[Mapping[str, Any]]) -> IndexSummary:
+        """Add up the summaries of a window's partition groups."""
+        total = cls()
+        for part in parts:
+            total.read += int(part["read"])
+            total.indexed += int(part["indexed"])
+            total.dead_lettered += int(part["dead_lettered"])
+            total.retries += int(part["retries"])
+            total.elapsed_s = max(total.elapsed_s, float(part["elapsed_s"]))
+            total.lag_records += int(part["lag_records"])
+            total.ranges.extend(part["ranges"])
+            for reason, n in dict(part.get("dead_letter_reasons") or {}).items():
+                total.dead_letter_reasons[reason] = total.dead_letter_reasons.get(reason, 0) + int(n)
+        return total
+
+
+def _epoch_ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ConfigError(f"window bound {moment!r} has no timezone; pass an aware datetime (UTC)")
+    return int(moment.timestamp() * 1000)
+
+
+def parse_bound(text: str) -> datetime:
+    """An ISO-8601 datetime from the command line or a Param; naive means UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an ISO-8601 datetime such as 2026-11-28T03:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def check_topic(kafka_config: Mapping[str, Any], topic: str = QUOTES_TOPIC) -> None:
+    """Refuse (``TopicConfigError``) unless ``topic`` exists with LogAppendTime timestamps."""
+    from include.quoteflow.kafka.admin import admin_client, require_log_append_time
+
+    require_log_append_time(admin_client(kafka_config), topic)
+
+
+def plan_window(
+    kafka_config: Mapping[str, Any],
+    start: datetime,
+    end: datetime,
+    *,
+    topic: str = QUOTES_TOPIC,
+    groups: int = 1,
+    group_id: str = CONSUMER_GROUP,
+    now: datetime | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Window bounds → per-partition offset ranges, split into at most ``groups`` lists (plain dicts)."""
+    start_ms, end_ms = _epoch_ms(start), _epoch_ms(end)
+    current = now or datetime.now(UTC)
+    if end_ms > (current.timestamp() + FUTURE_GRACE_S) * 1000:
+        raise ConfigError(f"window end {end.isoformat()} is in the future; records may still arrive in it")
+    check_topic(kafka_config, topic)
+    consumer = make_consumer(kafka_config, group_id)
+    try:
+        ranges = window_ranges(consumer, topic, start_ms, end_ms)
+    finally:
+        consumer.close()
+    return [[r.to_dict() for r in group] for group in group_ranges(ranges, groups)]
+
+
+def _close(resource: Any, failing: bool, what: str) -> None:
+    """Close ``resource``; a close error is raised only if nothing else is already failing."""
+    from confluent_kafka import KafkaException
+
+    try:
+        resource.close()
+    except (KafkaException, RuntimeError) as exc:
+        if not failing:
+            raise
+        logger.warning("closing %s after an earlier error also failed: %s", what, exc)
+
+
+def index_ranges(
+    kafka_config: Mapping[str, Any],
+    es: Any,
+    ranges: Sequence[PartitionRange | Mapping[str, Any]],
+    *,
+    dlq_topic: str = DLQ_TOPIC,
+    index_prefix: str = INDEX_PREFIX,
+    group_id: str = CONSUMER_GROUP,
+    commit: bool = False,
+    retry: RetryPolicy | None = None,
+    chunk_docs: int = 2000,
+    chunk_bytes: int = 5 * 1024 * 1024,
+    in_flight: int = 2,
+    label: str = "ranges",
+) -> IndexSummary:
+    """Read exactly ``ranges`` and index every record (or dead-letter it); commit forward only if ``commit``."""
+    check_index_prefix(index_prefix)
+    parts = [r if isinstance(r, PartitionRange) else PartitionRange.from_dict(r) for r in ranges]
+    started = time.monotonic()
+    summary = IndexSummary(ranges=[r.to_dict() for r in parts])
+    if not any(r.size for r in parts):
+        logger.info("%s: read=0 indexed=0 dead_lettered=0 retries=0 elapsed=0.00s (empty)", label)
+        return summary
+    consumer = make_consumer(kafka_config, group_id)
+    writer = BulkWriter(es, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes, in_flight=in_flight, retry=retry)
+    dlq = DeadLetterWriter(kafka_config, dlq_topic)
+    reasons: dict[str, int] = {}
+    failing = True
+    try:
+        for batch in read_ranges(consumer, parts):
+            for msg in batch:
+                topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
+                try:
+                    lines = bulk_lines(value, topic, partition, offset, msg.timestamp()[1], index_prefix)
+                except InvalidQuote as exc:
+                    dlq.send(
+                        key=msg.key(),
+                        value=value,
+                        origin_topic=topic,
+                        origin_partition=partition,
+                        origin_offset=offset,
+                        reason=exc.reason,
+                        detail=exc.detail,
+                    )
+                    reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
+                    continue
+                writer.add(BulkItem(lines, topic, partition, offset, msg.key(), value))
+            summary.read += len(batch)
+        stats = writer.flush()
+        for rejection in stats.rejections:
+            item = rejection.item
+            dlq.send(
+                key=item.key,
+                value=item.value,
+                origin_topic=item.topic,
+                origin_partition=item.partition,
+                origin_offset=item.offset,
+                reason=rejection.reason,
+                detail=rejection.detail,
+            )
+            reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
+        dlq.flush()
+        summary.indexed = stats.indexed
+        summary.retries = stats.retries
+        summary.dead_lettered = dlq.sent
+        summary.dead_letter_reasons = reasons
+        if summary.indexed + summary.dead_lettered != summary.read:
+            raise RuntimeError(
+                f"accounting error: read {summary.read} but indexed {summary.indexed} + dead-lettered "
+                f"{summary.dead_lettered}; not committing"
+            )
+        if commit:
+            summary.committed = commit_if_ahead(consumer, parts)
+        summary.lag_records = sum(max(0, watermarks(consumer, r.topic, r.partition)[1] - r.end) for r in parts)
+        failing = False
+    finally:
+        writer.close()
+        _close(consumer, failing, "the Kafka consumer")
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    expected = sum(r.size for r in parts)
+    if summary.read != expected:
+        logger.warning(
+            "%s: read %s records where the ranges span %s offsets (gaps in the log)", label, summary.read, expected
+        )
+    logger.info(
+        "%s: read=%s indexed=%s dead_lettered=%s retries=%s elapsed=%.2fs lag=%s records%s",
+        label,
+        summary.read,
+        summary.indexed,
+        summary.dead_lettered,
+        summary.retries,
+        summary.elapsed_s,
+        summary.lag_records,
+        f" committed={summary.committed}" if commit else "",
+    )
+    return summary
+
+
+def commit_window(
+    kafka_config: Mapping[str, Any], ranges: Sequence[Mapping[str, Any]], *, group_id: str = CONSUMER_GROUP
+) -> dict[int, int]:
+    """Move the group's committed offsets forward to the window's ends (for lag tools only)."""
+    consumer = make_consumer(kafka_config, group_id)
+    failing = True
+    try:
+        committed = commit_if_ahead(consumer, [PartitionRange.from_dict(r) for r in ranges])
+        failing = False
+    finally:
+        _close(consumer, failing, "the Kafka consumer")
+    return committed
+
+
+def index_window(
+    kafka_config: Mapping[str, Any],
+    es: Any,
+    start: datetime,
+    end: datetime,
+    *,
+    topic: str = QUOTES_TOPIC,
+    dlq_topic: str = DLQ_TOPIC,
+    index_prefix: str = INDEX_PREFIX,
+    group_id: str = CONSUMER_GROUP,
+    retry: RetryPolicy | None = None,
+    commit: bool = True,
+    now: datetime | None = None,
+) -> IndexSummary:
+    """Index every record appended to ``topic`` in ``[start, end)``; commit the group's offsets after success."""
+    groups = plan_window(kafka_config, start, end, topic=topic, groups=1, group_id=group_id, now=now)
+    ranges = [r for group in groups for r in group]
+    lag_s = max(0.0, (datetime.now(UTC) - end).total_seconds())
+    summary = index_ranges(
+        kafka_config,
+        es,
+        ranges,
+        dlq_topic=dlq_topic,
+        index_prefix=index_prefix,
+        group_id=group_id,
+        commit=commit,
+        retry=retry,
+        label=f"window [{start.isoformat()}, {end.isoformat()}) of {topic} ({lag_s:.0f}s after its end)",
+    )
+    return summary

@@ -1,0 +1,1 @@
+"""Kafka side of quoteflow: topic admin, producer, offset ranges for windows, dead letters."""

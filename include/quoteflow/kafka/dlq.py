@@ -1,0 +1,175 @@
+"""Dead letters: records that are not valid Quotes, or that Elasticsearch rejects, with origin and reason.
+
+A dead letter keeps the original key and value bytes untouched; its headers say where it came
+from (``origin.topic``, ``origin.partition``, ``origin.offset``) and why (``error.reason``, a short
+code, and ``error.detail``). The writer is idempotent (``acks=all``) and :meth:`DeadLetterWriter.flush`
+raises unless every dead letter was acknowledged, so a window never completes with a lost one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DETAIL_MAX_CHARS = 1000
+FLUSH_TIMEOUT_S = 30.0
+
+
+class DeadLetterError(RuntimeError):
+    """Dead letters could not be delivered; the window must not complete."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as read back from the DLQ topic."""
+
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    reason: str
+    detail: str
+    key: bytes | None
+    value: bytes | None
+    dlq_partition: int
+    dlq_offset: int
+
+    def summary(self) -> dict[str, Any]:
+        """Plain dict for listings (value shortened)."""
+        value = self.value or b""
+        return {
+            "origin": f"{self.origin_topic}-{self.origin_partition}-{self.origin_offset}",
+            "reason": self.reason,
+            "detail": self.detail,
+            "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
+            "value_excerpt": value[:120].decode("utf-8", "replace"),
+            "dlq": f"{self.dlq_partition}:{self.dlq_offset}",
+        }
+
+
+def producer_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An idempotent producer config (``acks=all``) from a Kafka connection config."""
+    drop = {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"}
+    out = {k: v for k, v in config.items() if k not in drop and not k.startswith("enable.partition")}
+    out.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20})
+    return out
+
+
+class DeadLetterWriter:
+    """Writes dead letters to ``topic``; create lazily, call :meth:`flush` before declaring a window done."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        if not topic:
+            raise ValueError("dead-letter topic name is empty")
+        self._config = producer_config(config)
+        self.topic = topic
+        self._producer: Any = None
+        self._failures: list[str] = []
+        self.sent = 0
+
+    def _client(self) -> Any:
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            self._producer = Producer(self._config)
+        return self._producer
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def send(
+        self,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        origin_topic: str,
+        origin_partition: int,
+        origin_offset: int,
+        reason: str,
+        detail: str,
+    ) -> None:
+        """Queue one dead letter (original bytes plus origin and reason headers)."""
+        headers = [
+            ("origin.topic", origin_topic.encode()),
+            ("origin.partition", str(origin_partition).encode()),
+            ("origin.offset", str(origin_offset).encode()),
+            ("error.reason", reason.encode()),
+            ("error.detail", detail[:DETAIL_MAX_CHARS].encode("utf-8", "replace")),
+        ]
+        producer = self._client()
+        while True:
+            try:
+                producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.5)  # local queue full: serve callbacks, then try again
+        producer.poll(0)
+        self.sent += 1
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait until every dead letter is acknowledged; raise :class:`DeadLetterError` otherwise."""
+        if self._producer is None:
+            return
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise DeadLetterError(f"{remaining} dead letter(s) to {self.topic!r} not delivered within {timeout_s}s")
+        if self._failures:
+            raise DeadLetterError(
+                f"{len(self._failures)} dead letter(s) to {self.topic!r} failed, first: {self._failures[0]}"
+            )
+
+
+def _header(headers: list[tuple[str, bytes]] | None, name: str) -> str:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode("utf-8", "replace") if value is not None else ""
+    return ""
+
+
+def to_dead_letter(msg: Any) -> DeadLetter:
+    """A consumed DLQ message → :class:`DeadLetter` (missing headers become empty / -1)."""
+    headers = msg.headers()
+
+    def as_int(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            return -1
+
+    return DeadLetter(
+        origin_topic=_header(headers, "origin.topic"),
+        origin_partition=as_int(_header(headers, "origin.partition")),
+        origin_offset=as_int(_header(headers, "origin.offset")),
+        reason=_header(headers, "error.reason"),
+        detail=_header(headers, "error.detail"),
+        key=msg.key(),
+        value=msg.value(),
+        dlq_partition=msg.partition(),
+        dlq_offset=msg.offset(),
+    )
+
+
+def read_dead_letters(consumer: Any, topic: str) -> Iterator[DeadLetter]:
+    """Every dead letter currently in ``topic`` (low → high watermark of each partition)."""
+    from include.quoteflow.kafka.ranges import PartitionRange, read_ranges, topic_partitions, watermarks
+
+    ranges = []
+    for p in topic_partitions(consumer, topic):
+        low, high = watermarks(consumer, topic, p)
+        ranges.append(PartitionRange(topic, p, low, high))
+    for batch in read_ranges(consumer, ranges):
+        for msg in batch:
+            yield to_dead_letter(msg)
+
+
+def dead_lettered_offsets(consumer: Any, dlq_topic: str, origin_topic: str) -> dict[int, set[int]]:
+    """Per origin partition, the offsets of ``origin_topic`` that are in the DLQ (they are not in Elasticsearch)."""
+    out: dict[int, set[int]] = {}
+    for letter in read_dead_letters(consumer, dlq_topic):
+        if letter.origin_topic == origin_topic and letter.origin_offset >= 0:
+            out.setdefault(letter.origin_partition, set()).add(letter.origin_offset)
+    return out

@@ -1,0 +1,229 @@
+"""Offset ranges: a time window → per-partition ``[start, end)`` offsets, and reading exactly such a range.
+
+Bounds come from ``offsets_for_times`` (the first offset whose LogAppendTime is at or after the
+bound; the high watermark when there is none), so consecutive windows tile each partition with
+no gap and no overlap. Reading uses ``assign()`` at explicit offsets — never ``subscribe()`` — so
+a run joins no group rebalance and re-reads the same records every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from include.quoteflow.settings import ConfigError
+
+logger = logging.getLogger(__name__)
+
+METADATA_TIMEOUT_S = 15.0
+STALL_TIMEOUT_S = 30.0
+
+
+class RangeReadError(RuntimeError):
+    """Reading an offset range failed or stalled before its end was reached."""
+
+
+class RangeUnavailable(ConfigError):
+    """A requested range lies (partly) outside what Kafka still retains; the message gives the available range."""
+
+
+@dataclass(frozen=True, order=True)
+class PartitionRange:
+    """Offsets ``[start, end)`` of one partition of ``topic``."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        """How many offsets the range spans."""
+        return max(0, self.end - self.start)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for XCom and JSON summaries)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PartitionRange:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["topic"]), int(data["partition"]), int(data["start"]), int(data["end"]))
+
+
+def consumer_config(config: Mapping[str, Any], group_id: str) -> dict[str, Any]:
+    """A reading-only consumer config: explicit group, no auto-commit, no auto offset store, fail on lost offsets."""
+    out = dict(config)
+    out.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # An assigned offset that retention removed must be an error, not a silent jump.
+            "auto.offset.reset": "error",
+            "enable.partition.eof": False,
+        }
+    )
+    return out
+
+
+def make_consumer(config: Mapping[str, Any], group_id: str) -> Any:
+    """A confluent-kafka ``Consumer`` for explicit-offset reads under ``group_id``."""
+    from confluent_kafka import Consumer
+
+    return Consumer(consumer_config(config, group_id))
+
+
+def topic_partitions(consumer: Any, topic: str) -> list[int]:
+    """Partition ids of ``topic``; :class:`ConfigError` if it does not exist."""
+    meta = consumer.list_topics(topic=topic, timeout=METADATA_TIMEOUT_S)
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise ConfigError(f"topic {topic!r} does not exist; run `python -m include.quoteflow setup` (or quotes_setup)")
+    return sorted(info.partitions)
+
+
+def watermarks(consumer: Any, topic: str, partition: int) -> tuple[int, int]:
+    """``(low, high)`` watermarks of one partition."""
+    from confluent_kafka import TopicPartition
+
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+    return int(low), int(high)
+
+
+def offsets_at(consumer: Any, topic: str, partitions: Sequence[int], epoch_ms: int) -> dict[int, int]:
+    """Per partition, the first offset with timestamp ≥ ``epoch_ms``; the high watermark where there is none."""
+    from confluent_kafka import TopicPartition
+
+    found = consumer.offsets_for_times(
+        [TopicPartition(topic, p, int(epoch_ms)) for p in partitions], timeout=METADATA_TIMEOUT_S
+    )
+    out: dict[int, int] = {}
+    for tp in found:
+        if tp.error is not None:
+            raise RangeReadError(f"offsets_for_times failed for {topic}[{tp.partition}]: {tp.error}")
+        offset = tp.offset
+        if offset < 0:  # no record at or after the time: the window ends at the log end
+            offset = watermarks(consumer, topic, tp.partition)[1]
+        out[tp.partition] = int(offset)
+    return out
+
+
+def window_ranges(
+    consumer: Any, topic: str, start_ms: int, end_ms: int, partitions: Sequence[int] | None = None
+) -> list[PartitionRange]:
+    """The per-partition offset ranges holding exactly the records appended in ``[start_ms, end_ms)``."""
+    if end_ms < start_ms:
+        raise ConfigError(f"window end {end_ms} is before its start {start_ms}")
+    parts = list(partitions) if partitions else topic_partitions(consumer, topic)
+    starts = offsets_at(consumer, topic, parts, start_ms)
+    ends = offsets_at(consumer, topic, parts, end_ms)
+    return [PartitionRange(topic, p, starts[p], max(starts[p], ends[p])) for p in parts]
+
+
+def group_ranges(ranges: Sequence[PartitionRange], groups: int) -> list[list[PartitionRange]]:
+    """Split ranges into at most ``groups`` lists of similar total size (largest first, greedy), none empty."""
+    if groups < 1:
+        raise ConfigError(f"partition groups must be >= 1, got {groups}")
+    buckets: list[list[PartitionRange]] = [[] for _ in range(min(groups, max(1, len(ranges))))]
+    loads = [0] * len(buckets)
+    for r in sorted(ranges, key=lambda r: (-r.size, r.partition)):
+        i = loads.index(min(loads))
+        buckets[i].append(r)
+        loads[i] += r.size
+    return [sorted(b) for b in buckets if b] or [[]]
+
+
+def read_ranges(
+    consumer: Any,
+    ranges: Iterable[PartitionRange],
+    *,
+    batch_size: int = 5000,
+    poll_timeout_s: float = 1.0,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+) -> Iterator[list[Any]]:
+    """Yield batches of messages holding exactly the offsets of ``ranges`` (assigned, never subscribed).
+
+    Raises :class:`RangeReadError` on a consumer error or when no progress is made for ``stall_timeout_s``.
+    """
+    from confluent_kafka import TopicPartition
+
+    pending = {(r.topic, r.partition): r.end for r in ranges if r.size > 0}
+    starts = [TopicPartition(r.topic, r.partition, r.start) for r in ranges if r.size > 0]
+    if not pending:
+        return
+    consumer.assign(starts)
+    last_progress = time.monotonic()
+    try:
+        while pending:
+            messages = consumer.consume(num_messages=batch_size, timeout=poll_timeout_s)
+            batch = []
+            for msg in messages:
+                err = msg.error()
+                if err is not None:
+                    raise RangeReadError(f"consuming {msg.topic()}[{msg.partition()}]: {err}")
+                key = (msg.topic(), msg.partition())
+                end = pending.get(key)
+                if end is None or msg.offset() >= end:
+                    continue  # past this range's end (the rest of the fetch): not ours
+                batch.append(msg)
+                if msg.offset() >= end - 1:
+                    del pending[key]
+                    consumer.pause([TopicPartition(key[0], key[1])])  # stop fetching past the end
+            if batch:
+                last_progress = time.monotonic()
+                yield batch
+            elif pending:
+                _drop_finished(consumer, pending)
+                if pending and time.monotonic() - last_progress > stall_timeout_s:
+                    raise RangeReadError(
+                        f"no progress for {stall_timeout_s:.0f}s reading {sorted(pending)}; "
+                        "is the broker up and the range still retained?"
+                    )
+    finally:
+        consumer.unassign()
+
+
+def _drop_finished(consumer: Any, pending: dict[tuple[str, int], int]) -> None:
+    """Forget partitions whose position already reached the end (offset gaps, e.g. transaction markers)."""
+    from confluent_kafka import TopicPartition
+
+    positions = consumer.position([TopicPartition(t, p) for t, p in pending])
+    for tp in positions:
+        key = (tp.topic, tp.partition)
+        if tp.offset >= 0 and tp.offset >= pending.get(key, 1 << 62):
+            del pending[key]
+
+
+def check_retained(consumer: Any, ranges: Iterable[PartitionRange]) -> None:
+    """Raise :class:`RangeUnavailable` if any range reaches outside ``[low, high)`` of its partition."""
+    for r in ranges:
+        if r.size == 0:
+            continue
+        low, high = watermarks(consumer, r.topic, r.partition)
+        if r.start < low or r.end > high:
+            raise RangeUnavailable(
+                f"{r.topic}[{r.partition}] offsets [{r.start}, {r.end}) are not all retained; "
+                f"Kafka holds [{low}, {high}) for this partition"
+            )
+
+
+def commit_if_ahead(consumer: Any, ranges: Iterable[PartitionRange]) -> dict[int, int]:
+    """Commit each range's end as the group's offset where it moves the committed offset forward; return commits."""
+    from confluent_kafka import TopicPartition
+
+    wanted = {(r.topic, r.partition): r.end for r in ranges}
+    if not wanted:
+        return {}
+    current = consumer.committed([TopicPartition(t, p) for t, p in wanted], timeout=METADATA_TIMEOUT_S)
+    ahead = [
+        TopicPartition(tp.topic, tp.partition, wanted[(tp.topic, tp.partition)])
+        for tp in current
+        if wanted[(tp.topic, tp.partition)] > tp.offset
+    ]
+    if ahead:
+        consumer.commit(offsets=ahead, asynchronous=False)
+    return {tp.partition: tp.offset for tp in ahead}

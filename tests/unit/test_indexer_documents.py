@@ -1,0 +1,139 @@
+"""Documents, ids, index names, the template and the pure helpers of the indexer."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from include.quoteflow.elastic.bulk import RetryPolicy
+from include.quoteflow.elastic.documents import build_document, bulk_lines, check_index_prefix, document_id, index_name
+from include.quoteflow.elastic.template import _comparable, index_template, quote_mappings
+from include.quoteflow.indexer import IndexSummary, parse_bound
+from include.quoteflow.kafka.ranges import PartitionRange, group_ranges
+from include.quoteflow.quotes import FIELDS, InvalidQuote, Quote
+from include.quoteflow.settings import ConfigError
+
+
+def _quote(**overrides) -> Quote:
+    base = dict(
+        symbol="BINANCE:SOLUSDT",
+        exchange="BINANCE",
+        ticker="SOLUSDT",
+        price=123.5,
+        received_at="2026-11-28T03:00:01.250Z",
+        event_time="2026-11-27T23:59:59Z",
+        volume=10.0,
+    )
+    base.update(overrides)
+    return Quote(**base)
+
+
+def test_bulk_lines_carry_deterministic_id_index_and_contract_fields() -> None:
+    raw = _quote().to_json()
+    action, source, tail = bulk_lines(raw, "quotes.tradingview", 2, 41, 1_764_298_801_250, "quotes-x-").split(b"\n")
+    assert tail == b""
+    meta = orjson.loads(action)["index"]
+    assert meta == {"_index": "quotes-x-2026.11.27", "_id": "quotes.tradingview-2-41"}
+    doc = orjson.loads(source)
+    assert set(doc) == {*FIELDS, "@timestamp", "kafka"}
+    assert doc["@timestamp"] == "2026-11-27T23:59:59Z"  # event_time wins over received_at
+    assert doc["kafka"] == {
+        "topic": "quotes.tradingview",
+        "partition": 2,
+        "offset": 41,
+        "timestamp": "2025-11-28T03:00:01.250Z",
+    }
+    assert doc["price"] == 123.5 and doc["volume"] == 10.0
+
+
+def test_timestamp_falls_back_to_received_at() -> None:
+    doc = build_document(_quote(event_time=None).to_dict(), "t", 0, 0, 0)
+    assert doc["@timestamp"] == "2026-11-28T03:00:01.250Z"
+    assert index_name("p-", doc["@timestamp"]) == "p-2026.11.28"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (None, "invalid_json"),
+        (orjson.dumps({**_quote().to_dict(), "price": "No disponible"}), "schema"),
+        (orjson.dumps({**_quote().to_dict(), "extra": 1}), "schema"),
+        (orjson.dumps({**_quote().to_dict(), "volume": "12"}), "schema"),
+        (orjson.dumps([1, 2]), "schema"),
+    ],
+)
+def test_bad_records_raise_invalid_quote_with_dlq_reason(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidQuote) as info:
+        bulk_lines(raw, "t", 0, 0, 0)
+    assert info.value.reason == reason and info.value.detail
+
+
+def test_document_id_and_prefix_checks() -> None:
+    assert document_id("quotes.tradingview", 0, 7) == "quotes.tradingview-0-7"
+    assert check_index_prefix("quotes-tradingview-") == "quotes-tradingview-"
+    for bad in ("Quotes-", "", "-x", "a b", 'x"'):
+        with pytest.raises(ConfigError):
+            check_index_prefix(bad)
+
+
+def test_template_maps_every_contract_field_strictly_with_core_types() -> None:
+    mappings = quote_mappings()
+    assert mappings["dynamic"] == "strict"
+    props = mappings["properties"]
+    assert set(props) == {*FIELDS, "@timestamp", "kafka"}
+    assert set(props["kafka"]["properties"]) == {"topic", "partition", "offset", "timestamp"}
+    types = {v.get("type") for v in props.values() if "type" in v}
+    assert types <= {"keyword", "double", "date", "integer", "long"}
+    assert props["price"]["type"] == "double" and props["symbol"]["type"] == "keyword"
+    assert props["kafka"]["properties"]["offset"]["type"] == "long"
+
+
+def test_template_comparison_ignores_string_vs_number_echoes() -> None:
+    wanted = index_template()
+    echoed = orjson.loads(orjson.dumps(wanted))
+    echoed["template"]["settings"] = {"index": {k: str(v) for k, v in wanted["template"]["settings"].items()}}
+    assert _comparable(echoed) == _comparable(wanted)
+    echoed["template"]["mappings"]["properties"]["price"] = {"type": "float"}
+    assert _comparable(echoed) != _comparable(wanted)
+
+
+def test_retry_delays_are_jittered_capped_and_grow() -> None:
+    policy = RetryPolicy(initial_backoff_s=0.1, max_backoff_s=1.0, budget_s=5)
+    rng = random.Random(1)
+    for attempt in range(1, 20):
+        cap = min(1.0, 0.1 * 2 ** (attempt - 1))
+        delays = [policy.delay(attempt, rng) for _ in range(200)]
+        assert all(0 <= d <= cap for d in delays)
+        assert max(delays) > cap * 0.8  # full jitter reaches near the cap
+    with pytest.raises(ValueError):
+        RetryPolicy(initial_backoff_s=2, max_backoff_s=1)
+
+
+def test_group_ranges_balances_and_covers_every_partition() -> None:
+    ranges = [PartitionRange("t", p, 0, size) for p, size in enumerate([100, 90, 10, 5, 0, 50])]
+    groups = group_ranges(ranges, 3)
+    assert len(groups) == 3
+    assert sorted(r for g in groups for r in g) == sorted(ranges)
+    loads = sorted(sum(r.size for r in g) for g in groups)
+    assert loads == [65, 90, 100]  # greedy, largest first
+    assert group_ranges(ranges[:2], 8) == [[ranges[0]], [ranges[1]]]  # never an empty group
+    with pytest.raises(ConfigError):
+        group_ranges(ranges, 0)
+
+
+def test_summary_merge_adds_up_groups() -> None:
+    a = IndexSummary(read=3, indexed=2, dead_lettered=1, retries=4, elapsed_s=1.5, dead_letter_reasons={"schema": 1})
+    b = IndexSummary(read=5, indexed=5, retries=1, elapsed_s=0.5, lag_records=7)
+    total = IndexSummary.merge([a.to_dict(), b.to_dict()])
+    assert (total.read, total.indexed, total.dead_lettered, total.retries) == (8, 7, 1, 5)
+    assert total.elapsed_s == 1.5 and total.lag_records == 7 and total.dead_letter_reasons == {"schema": 1}
+
+
+def test_parse_bound_accepts_z_and_naive_as_utc() -> None:
+    assert parse_bound("2026-11-28T03:00:00Z").isoformat() == "2026-11-28T03:00:00+00:00"
+    assert parse_bound("2026-11-28T03:00:00") == parse_bound("2026-11-28T03:00:00+00:00")
+    with pytest.raises(ConfigError):
+        parse_bound("yesterday")
