@@ -1,0 +1,1 @@
+"""TradingView's quote websocket: framing, the quote session, a resilient client and a local feed server."""

@@ -1,0 +1,271 @@
+"""The quote session: set-up packets, per-symbol snapshot merge, Quote mapping, error routing.
+
+TradingView sends ``qsd`` packets whose ``v`` is a partial delta. Each subscribed key keeps a
+snapshot of the tracked fields; a Quote is emitted once the key has a price and only when a
+tracked field changed, so a reconnect's fresh (unchanged) snapshot is not emitted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from include.quoteflow.quotes import FIELDS, Quote, format_timestamp, split_symbol
+from include.quoteflow.tradingview.protocol import Packet, ProtocolError, encode_packet
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS_TOKEN = "unauthorized_user_token"
+NO_VALUE = 1e100
+
+# TradingView field → Quote field; these are exactly the fields quote_set_fields asks for.
+FIELD_MAP: dict[str, str] = {
+    "lp": "price",
+    "ch": "change",
+    "chp": "change_percent",
+    "volume": "volume",
+    "bid": "bid",
+    "ask": "ask",
+    "high_price": "high",
+    "low_price": "low",
+    "open_price": "open",
+    "prev_close_price": "prev_close",
+    "currency_code": "currency",
+    "update_mode": "update_mode",
+    "lp_time": "event_time",
+}
+QUOTE_FIELDS = tuple(FIELD_MAP)
+_NUMERIC = frozenset(FIELD_MAP) - {"currency_code", "update_mode"}
+_STRINGS = frozenset({"currency_code", "update_mode"})
+
+
+class SessionError(ProtocolError):
+    """The server ended the session: reconnect (with backoff) and set everything up again."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class AuthTokenRejected(SessionError):
+    """The server refused the auth token; retrying soon with the same token cannot help."""
+
+
+def new_session_id(prefix: str = "qs_") -> str:
+    """A fresh session id the way the web app makes them: ``qs_`` + 12 random alphanumerics."""
+    alphabet = string.ascii_letters + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+def _clean(tv_field: str, value: Any) -> Any:
+    """A TradingView value as the contract wants it: ``1e+100`` and wrong types become ``None``."""
+    if tv_field in _STRINGS:
+        return value if isinstance(value, str) else None
+    if type(value) is float:
+        return value if value != NO_VALUE and math.isfinite(value) else None
+    if type(value) is int:
+        return float(value) if value != NO_VALUE else None
+    return None
+
+
+@dataclass(slots=True)
+class SymbolState:
+    """The merged snapshot of one subscribed key and what was last emitted for it."""
+
+    key: str
+    exchange: str
+    ticker: str
+    key_bytes: bytes
+    values: dict[str, Any] = field(default_factory=dict)
+    event_time: str | None = None
+    lp_time: Any = None
+    last_tick: float | None = None
+    emitted: int = 0
+
+
+@dataclass
+class SessionStats:
+    """Counters the summary and the stats line read."""
+
+    qsd: int = 0
+    foreign: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+class QuoteSession:
+    """One quote session over the lifetime of a client: survives reconnects, so snapshots persist."""
+
+    def __init__(self, symbols: list[str] | tuple[str, ...], *, auth_token: str | None = None) -> None:
+        """Validate the symbol list (``EXCHANGE:TICKER`` or ``=``-spec) early; nothing is sent yet."""
+        if not symbols:
+            raise ValueError("no symbols to subscribe; pass at least one EXCHANGE:TICKER")
+        self.states: dict[str, SymbolState] = {}
+        for key in symbols:
+            if not isinstance(key, str):
+                raise ValueError(f"symbol {key!r} is not a string")
+            if key in self.states:
+                continue
+            exchange, ticker = split_symbol(key)  # raises ValueError naming the bad symbol
+            self.states[key] = SymbolState(key, exchange, ticker, key.encode("utf-8"))
+        self.subscribed: list[str] = list(self.states)
+        self.dropped: dict[str, str] = {}
+        self._token = auth_token or ANONYMOUS_TOKEN
+        self.session_id = new_session_id()
+        self.stats = SessionStats()
+        self.outbox: list[str] = []
+
+    @property
+    def anonymous(self) -> bool:
+        """True when the session logs in with the anonymous token."""
+        return self._token == ANONYMOUS_TOKEN
+
+    def setup_packets(self) -> list[str]:
+        """The framed packets that (re)establish the session on a fresh connection, in order."""
+        self.session_id = new_session_id()
+        self.outbox.clear()
+        qs = self.session_id
+        packets = [
+            encode_packet("set_auth_token", [self._token]),
+            encode_packet("quote_create_session", [qs]),
+            encode_packet("quote_set_fields", [qs, *QUOTE_FIELDS]),
+        ]
+        if self.subscribed:
+            packets.append(encode_packet("quote_add_symbols", [qs, *self.subscribed]))
+            packets.append(encode_packet("quote_fast_symbols", [qs, *self.subscribed]))
+        return packets
+
+    def handle(self, packet: Packet, received_at: str, now: float) -> Quote | None:
+        """Route one method packet; the Quote when a subscribed snapshot changed, else ``None``.
+
+        Packets the client must send in response (``quote_remove_symbols`` after a symbol error) are
+        queued on :attr:`outbox`.
+
+        Raw packet: ``{"m":"qsd","p":["qs_x",{"n":"BINANCE:SOLUSDT","s":"ok","v":{"lp":142.1,"lp_time":1764300000}}]}``.
+        Raises :class:`SessionError` for ``critical_error`` and ``protocol_error``.
+        """
+        method = packet.method
+        params = packet.params
+        if method == "qsd":
+            if len(params) < 2 or params[0] != self.session_id or type(params[1]) is not dict:
+                self.stats.foreign += 1
+                return None
+            self.stats.qsd += 1
+            body = params[1]
+            state = self.states.get(body.get("n"))  # type: ignore[arg-type]
+            if state is None or state.key in self.dropped:
+                self.stats.foreign += 1
+                return None
+            if body.get("s") != "ok":
+                return self._drop(state.key, "symbol_error", str(body.get("errmsg") or body.get("v") or body.get("s")))
+            delta = body.get("v")
+            if type(delta) is not dict:
+                return None
+            return self.merge(state, delta, received_at, now)
+        if method == "critical_error":
+            self.stats.errors["critical_error"] += 1
+            detail = " ".join(str(p) for p in params)
+            logger.error("TradingView critical_error: %s; reconnecting", detail)
+            raise SessionError("critical_error", detail)
+        if method == "protocol_error":
+            self.stats.errors["protocol_error"] += 1
+            detail = " ".join(str(p) for p in params)
+            if "auth token" in detail:
+                source = "anonymous token" if self.anonymous else "token from the tradingview connection's password"
+                logger.error(
+                    "TradingView rejected the auth token (%s): %s; fix or remove the token, retrying slowly",
+                    source,
+                    detail,
+                )
+                raise AuthTokenRejected("protocol_error", detail)
+            logger.error("TradingView protocol_error: %s; reconnecting", detail)
+            raise SessionError("protocol_error", detail)
+        if method == "symbol_error" and len(params) >= 2 and params[1] in self.states:
+            return self._drop(params[1], "symbol_error", " ".join(str(p) for p in params[2:]))
+        return None
+
+    def _drop(self, key: str, kind: str, detail: str) -> None:
+        """Report a bad symbol once, stop tracking it, and unsubscribe it on this connection."""
+        self.stats.errors[kind] += 1
+        if key in self.dropped:
+            return None
+        self.dropped[key] = detail
+        self.subscribed = [s for s in self.subscribed if s != key]
+        left = len(self.subscribed)
+        logger.error("TradingView refused symbol %s (%s); dropped it, %d symbol(s) left", key, detail, left)
+        self.outbox.append(encode_packet("quote_remove_symbols", [self.session_id, key]))
+        return None
+
+    def merge(self, state: SymbolState, delta: dict[str, Any], received_at: str, now: float) -> Quote | None:
+        """Merge a partial ``v`` into the snapshot; the Quote if a tracked field changed and a price is known.
+
+        Raw delta: ``{"ch":-0.87,"lp":8004.77,"volume":6219.92,"market_cap_calc":1.0}`` (untracked keys ignored).
+        """
+        values = state.values
+        changed = False
+        for tv_field, raw in delta.items():
+            if tv_field not in FIELD_MAP:
+                continue
+            if tv_field == "lp_time":
+                if raw != state.lp_time:
+                    state.lp_time = raw
+                    event_time = _event_time(raw)
+                    if event_time != state.event_time:
+                        state.event_time = event_time
+                        changed = True
+                continue
+            value = _clean(tv_field, raw)
+            if values.get(tv_field, _MISSING) != value:
+                values[tv_field] = value
+                changed = True
+        if not changed:
+            return None
+        price = values.get("lp")
+        if price is None:
+            return None
+        state.last_tick = now
+        state.emitted += 1
+        return Quote(
+            symbol=state.key,
+            exchange=state.exchange,
+            ticker=state.ticker,
+            price=price,
+            received_at=received_at,
+            change=values.get("ch"),
+            change_percent=values.get("chp"),
+            volume=values.get("volume"),
+            bid=values.get("bid"),
+            ask=values.get("ask"),
+            high=values.get("high_price"),
+            low=values.get("low_price"),
+            open=values.get("open_price"),
+            prev_close=values.get("prev_close_price"),
+            currency=values.get("currency_code"),
+            update_mode=values.get("update_mode"),
+            event_time=state.event_time,
+        )
+
+
+_MISSING = object()
+
+
+def _event_time(lp_time: Any) -> str | None:
+    """``lp_time`` (epoch seconds) → RFC 3339 UTC; ``None`` for the sentinel or a non-number."""
+    if type(lp_time) not in (int, float) or lp_time == NO_VALUE or not math.isfinite(lp_time) or lp_time < 0:
+        return None
+    try:
+        return format_timestamp(lp_time)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def quote_json(quote: Quote) -> bytes:
+    """The Kafka value of a Quote, byte-identical to ``Quote.to_json()`` but without ``asdict``'s copying."""
+    return orjson.dumps({name: getattr(quote, name) for name in FIELDS})
