@@ -164,7 +164,8 @@ class QuoteSession:
                 self.stats.foreign += 1
                 return None
             if body.get("s") != "ok":
-                return self._drop(state.key, "symbol_error", str(body.get("errmsg") or body.get("v") or body.get("s")))
+                self._drop(state.key, "symbol_error", str(body.get("errmsg") or body.get("v") or body.get("s")))
+                return None
             delta = body.get("v")
             if type(delta) is not dict:
                 return None
@@ -188,20 +189,19 @@ class QuoteSession:
             logger.error("TradingView protocol_error: %s; reconnecting", detail)
             raise SessionError("protocol_error", detail)
         if method == "symbol_error" and len(params) >= 2 and params[1] in self.states:
-            return self._drop(params[1], "symbol_error", " ".join(str(p) for p in params[2:]))
+            self._drop(params[1], "symbol_error", " ".join(str(p) for p in params[2:]))
         return None
 
     def _drop(self, key: str, kind: str, detail: str) -> None:
         """Report a bad symbol once, stop tracking it, and unsubscribe it on this connection."""
         self.stats.errors[kind] += 1
         if key in self.dropped:
-            return None
+            return
         self.dropped[key] = detail
         self.subscribed = [s for s in self.subscribed if s != key]
         left = len(self.subscribed)
         logger.error("TradingView refused symbol %s (%s); dropped it, %d symbol(s) left", key, detail, left)
         self.outbox.append(encode_packet("quote_remove_symbols", [self.session_id, key]))
-        return None
 
     def merge(self, state: SymbolState, delta: dict[str, Any], received_at: str, now: float) -> Quote | None:
         """Merge a partial ``v`` into the snapshot; the Quote if a tracked field changed and a price is known.

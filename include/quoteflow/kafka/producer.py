@@ -1,0 +1,148 @@
+"""The quotes Kafka producer: idempotent, batched, keyed by symbol, never a flush per message.
+
+``send`` hands a record to librdkafka and serves delivery callbacks with ``poll(0)``; failed
+deliveries are counted and raised as :class:`DeliveryFailed` after the final ``close()`` flush,
+so a run either delivered everything it reports or says loudly that it did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from include.quoteflow.quotes import SCHEMA_HEADER
+from include.quoteflow.settings import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Safe, fast defaults; a connection's extra may override the tuning ones, never the safety ones.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 500_000,
+    "queue.buffering.max.kbytes": 262_144,
+    "message.timeout.ms": 300_000,
+    "client.id": "quoteflow-producer",
+}
+PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+_HEADERS = [SCHEMA_HEADER]
+
+
+class KafkaProducerError(Exception):
+    """Base of the producer's errors."""
+
+
+class DeliveryFailed(KafkaProducerError):
+    """Some records were not delivered; ``failed`` counts them, ``first_error`` says why."""
+
+    def __init__(self, failed: int, first_error: str) -> None:
+        super().__init__(f"{failed} record(s) not delivered to Kafka; first error: {first_error}")
+        self.failed = failed
+        self.first_error = first_error
+
+
+class ProducerFatalError(KafkaProducerError):
+    """librdkafka raised a fatal error (e.g. the idempotent producer lost its sequence); the run must stop."""
+
+
+def producer_config(base: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults, then the connection's settings, then the settings quoteflow requires for exactly-once order."""
+    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **base}
+    for key, value in PRODUCER_REQUIRED.items():
+        given = config.get(key)
+        if given is not None and str(given).lower() not in (str(value).lower(), "-1" if key == "acks" else "true"):
+            raise ConfigError(f"producer setting {key}={given!r} is not allowed; quoteflow needs {key}={value}")
+        config[key] = value
+    if not config.get("bootstrap.servers"):
+        raise ConfigError("producer config has no bootstrap.servers; set it in the kafka_default connection's extra")
+    return config
+
+
+class QuoteProducer:
+    """Produces Quote values to one topic; create it lazily with :meth:`open`, finish with :meth:`close`."""
+
+    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+        """Validate the config now; connect later."""
+        if not topic:
+            raise ConfigError("no Kafka topic given")
+        self.config = producer_config(config)
+        self.topic = topic
+        self.sent = 0
+        self.delivered = 0
+        self.failed = 0
+        self.first_error: str | None = None
+        self._producer: Any = None
+        self._fatal: str | None = None
+
+    def open(self) -> QuoteProducer:
+        """Create the librdkafka producer (once)."""
+        if self._producer is None:
+            from confluent_kafka import Producer
+
+            config = dict(self.config)
+            config["error_cb"] = self._on_error
+            self._producer = Producer(config)
+        return self
+
+    def _on_error(self, error: Any) -> None:
+        if error.fatal():
+            self._fatal = str(error)
+            logger.error("Kafka fatal error: %s", error)
+        else:
+            # Broker down, DNS, etc.: librdkafka retries on its own; say so once per event.
+            logger.warning("Kafka client error (retrying): %s", error)
+
+    def _on_delivery(self, error: Any, _message: Any) -> None:
+        if error is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = str(error)
+            logger.error("Kafka delivery failed: %s", error)
+
+    def send(self, key: bytes, value: bytes) -> None:
+        """Queue one record (key = symbol) and serve callbacks; waits briefly only if the local queue is full."""
+        producer = self._producer
+        while True:
+            try:
+                producer.produce(self.topic, value, key, headers=_HEADERS, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+                if self._fatal:
+                    raise ProducerFatalError(self._fatal) from None
+        self.sent += 1
+        producer.poll(0)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks without waiting (call it when idle); raise on a fatal error."""
+        if self._producer is not None:
+            self._producer.poll(0)
+        if self._fatal:
+            raise ProducerFatalError(self._fatal)
+
+    @property
+    def in_flight(self) -> int:
+        """Records handed to librdkafka and not yet acknowledged."""
+        return self.sent - self.delivered - self.failed
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is queued (up to ``timeout`` s); raise :class:`DeliveryFailed` if anything was lost."""
+        if self._producer is None:
+            return
+        deadline = time.monotonic() + timeout
+        remaining = self._producer.flush(timeout)
+        while remaining and time.monotonic() < deadline:
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        if remaining:
+            self.failed += remaining
+            if self.first_error is None:
+                self.first_error = f"{remaining} record(s) still queued after a {timeout:.0f} s flush"
+        if self._fatal and self.first_error is None:
+            self.first_error = self._fatal
+        if self.failed:
+            raise DeliveryFailed(self.failed, self.first_error or "unknown")

@@ -1,0 +1,340 @@
+"""A resilient TradingView quote client on websocket-client: connect, subscribe, watch, reconnect.
+
+One thread does everything (receive, echo heartbeats, merge, hand Quotes on), so there is no
+queue between the socket and Kafka and nothing to lose on a stop. The receive timeout is short so
+a stop request or the watchdog is noticed within ``poll_interval`` even on a silent link.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import websocket
+
+from include.quoteflow.quotes import Quote, format_timestamp
+from include.quoteflow.settings import ConfigError
+from include.quoteflow.tradingview.protocol import (
+    HELLO,
+    MESSAGE,
+    MalformedPacket,
+    ProtocolError,
+    frame,
+    log_malformed,
+    parse_payload,
+    split_packets,
+)
+from include.quoteflow.tradingview.session import AuthTokenRejected, QuoteSession, SessionError
+
+logger = logging.getLogger(__name__)
+
+# TradingView's firewall rejects handshakes that do not look like a browser (protocol notes §1).
+DEFAULT_HEADERS: dict[str, str] = {
+    "Origin": "https://www.tradingview.com",
+    "User-Agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36"
+    ),
+    "Accept-Language": "en-US,en;q=0.9",
+    "Cache-Control": "no-cache",
+    "Pragma": "no-cache",
+}
+SERVER_TO_CLIENT = "server->client"
+CLIENT_TO_SERVER = "client->server"
+
+
+class WatchdogTimeout(ProtocolError):
+    """No inbound message for longer than the watchdog allows: the link is presumed dead."""
+
+
+@dataclass
+class ClientConfig:
+    """Everything the client needs; intervals are settable so tests run in seconds."""
+
+    url: str
+    symbols: list[str]
+    auth_token: str | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADERS))
+    max_message_size: int = 2**24
+    connect_timeout: float = 10.0
+    watchdog_timeout: float = 30.0
+    backoff_initial: float = 0.5
+    backoff_cap: float = 30.0
+    stable_after: float = 60.0
+    auth_retry_delay: float = 300.0
+    poll_interval: float = 0.5
+    record_path: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"TradingView url {self.url!r} must start with ws:// or wss://")
+        if not self.symbols:
+            raise ConfigError("no symbols to subscribe; give at least one EXCHANGE:TICKER")
+        for name in ("connect_timeout", "watchdog_timeout", "backoff_cap", "poll_interval", "max_message_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"client setting {name} must be > 0, got {getattr(self, name)!r}")
+        if self.backoff_initial < 0 or self.auth_retry_delay < 0 or self.stable_after < 0:
+            raise ConfigError("backoff_initial, auth_retry_delay and stable_after must be >= 0")
+
+
+@dataclass
+class ClientStats:
+    """What the client saw; ``errors`` counts each kind (``critical_error``, ``watchdog``, ...)."""
+
+    messages: int = 0
+    packets: int = 0
+    heartbeats: int = 0
+    hellos: int = 0
+    quotes: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    malformed_packets: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    backoff_delays: list[float] = field(default_factory=list)
+
+
+def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in ``[0, min(cap, initial * 2**attempt)]``."""
+    return rng.uniform(0.0, min(cap, initial * (2 ** min(attempt, 30))))
+
+
+class Recorder:
+    """Appends every raw message, both ways, to a JSONL file shaped like ``frames.jsonl``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file: IO[bytes] = open(path, "ab")  # closed by close()
+
+    def write(self, direction: str, raw: str) -> None:
+        """One line: ``{"ts": <epoch s>, "direction": ..., "raw": ...}``."""
+        self._file.write(orjson.dumps({"ts": time.time(), "direction": direction, "raw": raw}) + b"\n")
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._file.close()
+
+
+class TradingViewClient:
+    """Streams Quotes for a fixed symbol list to ``on_quote`` until stopped or a deadline passes."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        on_quote: Callable[[Quote], None],
+        *,
+        on_tick: Callable[[], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Check the configuration; the socket is opened by :meth:`run`."""
+        self.config = config
+        try:
+            self.session = QuoteSession(config.symbols, auth_token=config.auth_token)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.on_quote = on_quote
+        self.on_tick = on_tick
+        self.stats = ClientStats(errors=self.session.stats.errors)
+        self._rng = rng or random.Random()
+        self._ws: websocket.WebSocket | None = None
+        self._recorder: Recorder | None = None
+        self.connected_at: float | None = None
+        self.last_inbound: float | None = None
+        header = {k: v for k, v in config.headers.items() if k.lower() not in ("origin", "host")}
+        self._header = [f"{k}: {v}" for k, v in header.items()]
+        self._origin = next((v for k, v in config.headers.items() if k.lower() == "origin"), None)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, deadline: float | None = None) -> ClientStats:
+        """Connect and stream until ``stop`` is set or ``time.monotonic()`` passes ``deadline``."""
+        if self.config.record_path:
+            self._recorder = Recorder(self.config.record_path)
+        attempt = 0
+        try:
+            while not self._should_stop(stop, deadline):
+                self.connected_at = None
+                try:
+                    self._connect_and_stream(stop, deadline)
+                    break  # clean return means stop or deadline
+                except AuthTokenRejected:
+                    delay = self.config.auth_retry_delay
+                except (SessionError, WatchdogTimeout) as exc:
+                    logger.warning("reconnecting after %s", exc)
+                    delay = -1.0
+                except websocket.WebSocketBadStatusException as exc:
+                    self.stats.errors[f"handshake_{exc.status_code}"] += 1
+                    logger.warning("TradingView handshake refused with HTTP %s; backing off", exc.status_code)
+                    delay = -1.0
+                except (websocket.WebSocketException, OSError) as exc:
+                    kind = "connection_lost" if self.connected_at is not None else "connect_failed"
+                    self.stats.errors[kind] += 1
+                    logger.warning("%s: %s: %s", kind, type(exc).__name__, exc)
+                    delay = -1.0
+                finally:
+                    self._close_socket()
+                if self._should_stop(stop, deadline):
+                    break
+                if self.connected_at is not None and time.monotonic() - self.connected_at >= self.config.stable_after:
+                    attempt = 0
+                if delay < 0:
+                    delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_cap, self._rng)
+                    attempt += 1
+                self.stats.backoff_delays.append(delay)
+                self.stats.reconnects += 1
+                logger.info("reconnect %d in %.2f s", self.stats.reconnects, delay)
+                self._sleep(delay, stop, deadline)
+        finally:
+            if self._recorder is not None:
+                self._recorder.close()
+                self._recorder = None
+        return self.stats
+
+    def _should_stop(self, stop: threading.Event, deadline: float | None) -> bool:
+        return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
+
+    def _sleep(self, delay: float, stop: threading.Event, deadline: float | None) -> None:
+        """Wait ``delay`` seconds in short steps, waking at once on stop and serving ``on_tick``."""
+        end = time.monotonic() + delay
+        if deadline is not None:
+            end = min(end, deadline)
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0 or stop.wait(min(remaining, self.config.poll_interval)):
+                return
+            if self.on_tick is not None:
+                self.on_tick()
+
+    def _close_socket(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=0.5)
+            except (websocket.WebSocketException, OSError) as exc:
+                logger.debug("closing the websocket: %s", exc)
+
+    def _send(self, raw: str) -> None:
+        assert self._ws is not None
+        self._ws.send(raw)
+        if self._recorder is not None:
+            self._recorder.write(CLIENT_TO_SERVER, raw)
+
+    # -- one connection --------------------------------------------------------------------
+
+    def _connect_and_stream(self, stop: threading.Event, deadline: float | None) -> None:
+        config = self.config
+        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
+        self._ws = ws
+        ws.settimeout(config.connect_timeout)
+        ws.connect(config.url, header=self._header, origin=self._origin, suppress_origin=self._origin is None)
+        self.stats.connects += 1
+        self.connected_at = now = time.monotonic()
+        self.last_inbound = now
+        logger.info(
+            "connected to %s (connect %d), subscribing %d symbol(s)",
+            config.url,
+            self.stats.connects,
+            len(self.session.subscribed),
+        )
+        for raw in self.session.setup_packets():
+            self._send(raw)
+        ws.settimeout(config.poll_interval)
+        watchdog = config.watchdog_timeout
+        tick_every = min(1.0, config.poll_interval)
+        next_tick = now + tick_every
+        recv_data = ws.recv_data
+        while True:
+            if stop.is_set():
+                return
+            try:
+                opcode, data = recv_data()
+            except websocket.WebSocketTimeoutException:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return
+                if now - self.last_inbound > watchdog:
+                    self.stats.errors["watchdog"] += 1
+                    raise WatchdogTimeout(f"no inbound message for {now - self.last_inbound:.1f} s") from None
+                if self.on_tick is not None:
+                    self.on_tick()
+                next_tick = now + tick_every
+                continue
+            now = time.monotonic()
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise websocket.WebSocketConnectionClosedException("server closed the connection")
+            self.last_inbound = now
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self._on_message(data, now)
+            if deadline is not None and now >= deadline:
+                return
+            if now >= next_tick:
+                if self.on_tick is not None:
+                    self.on_tick()
+                next_tick = now + tick_every
+
+    def _on_message(self, data: bytes, now: float) -> None:
+        """Handle one text message: echo heartbeats, route packets, hand changed Quotes on."""
+        stats = self.stats
+        stats.messages += 1
+        if len(data) > self.config.max_message_size:
+            stats.malformed_packets += 1
+            logger.warning("skipped a %d-byte message (max_message_size %d)", len(data), self.config.max_message_size)
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            stats.malformed_packets += 1
+            logger.warning("skipped a message that is not UTF-8: %r", data[:80])
+            return
+        if self._recorder is not None:
+            self._recorder.write(SERVER_TO_CLIENT, text)
+        payloads, malformed = split_packets(text)
+        received_at: str | None = None
+        session = self.session
+        on_quote = self.on_quote
+        for payload in payloads:
+            stats.packets += 1
+            if payload.startswith("~h~"):
+                if payload[3:].isdigit():
+                    stats.heartbeats += 1
+                    self._send(frame(payload))
+                    continue
+            packet = parse_payload(payload)
+            if type(packet) is MalformedPacket:
+                malformed.append(packet)
+                continue
+            kind = packet.kind  # type: ignore[union-attr]
+            if kind == MESSAGE:
+                if received_at is None:
+                    received_at = format_timestamp(time.time(), milliseconds=True)
+                quote = session.handle(packet, received_at, now)  # type: ignore[arg-type]
+                if quote is not None:
+                    stats.quotes += 1
+                    on_quote(quote)
+            elif kind == HELLO:
+                stats.hellos += 1
+        if session.outbox:
+            for raw in session.outbox:
+                self._send(raw)
+            session.outbox.clear()
+        if malformed:
+            stats.malformed_packets += len(malformed)
+            log_malformed(malformed, self.config.url)
+
+    def last_tick_ages(self) -> dict[str, float | None]:
+        """Seconds since each subscribed symbol last produced a Quote (``None`` if never)."""
+        now = time.monotonic()
+        return {
+            key: (None if state.last_tick is None else round(now - state.last_tick, 1))
+            for key, state in self.session.states.items()
+            if key not in self.session.dropped
+        }
+
+    def summary_errors(self) -> dict[str, Any]:
+        """The error counters as a plain dict."""
+        return dict(self.stats.errors)

@@ -1,0 +1,517 @@
+"""A local websocket server speaking the server side of TradingView's quote protocol.
+
+It stands in for ``data.tradingview.com`` in tests, benchmarks and the offline demo: sends the
+hello, heartbeats (and drops clients that do not echo them), checks the client's packets the way
+TradingView does, and streams either a replay of a frames JSONL file or synthetic quotes, with
+optional faults (drop, stall, garbage packets, bad length prefixes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, ServerConnection, serve
+
+from include.quoteflow.settings import DEFAULT_SYMBOLS
+from include.quoteflow.tradingview.protocol import (
+    HEARTBEAT,
+    MESSAGE,
+    MalformedPacket,
+    decode_message,
+    encode_packet,
+    frame,
+    split_packets,
+)
+from include.quoteflow.tradingview.session import ANONYMOUS_TOKEN
+
+logger = logging.getLogger(__name__)
+
+_QS_ID = re.compile(r'"qs_[A-Za-z0-9_\-]+"')
+# Non-ASCII text (CJK plus one character outside the BMP) so clients meet the UTF-16 length rule.
+_DESCRIPTIONS = ("Bitcoin / Tether", "比特币 / 泰达币", "Solana 🚀 / Tether", "Éther / Tether")
+
+
+class FeedServerError(Exception):
+    """The feed server cannot start with the given settings."""
+
+
+@dataclass
+class FeedConfig:
+    """How the local feed behaves; every interval is settable so tests run in seconds."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    replay: str | Path | None = None
+    speed: float = 1.0
+    loop: bool = False
+    synthetic_symbols: int = 0
+    rate: float = 100.0
+    packets_per_message: int = 10
+    tokens: tuple[str, ...] = (ANONYMOUS_TOKEN,)
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float = 30.0
+    drop_after: int | None = None
+    stall_after: int | None = None
+    garbage_every: int | None = None
+    bad_length_every: int | None = None
+    fault_connections: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.replay is None) == (self.synthetic_symbols <= 0):
+            raise FeedServerError("choose exactly one feed: a replay file, or synthetic_symbols > 0")
+        if self.replay is not None and not Path(self.replay).is_file():
+            raise FeedServerError(f"replay file {self.replay} does not exist")
+        if self.rate < 0 or self.speed < 0 or self.packets_per_message < 1:
+            raise FeedServerError("rate and speed must be >= 0 and packets_per_message >= 1")
+        if self.heartbeat_interval <= 0 or self.heartbeat_timeout <= 0:
+            raise FeedServerError("heartbeat_interval and heartbeat_timeout must be > 0")
+
+
+def synthetic_universe(count: int) -> list[str]:
+    """The symbols a synthetic feed knows: the project defaults first, then ``SYNTH:S0003`` ..."""
+    names = list(DEFAULT_SYMBOLS[:count])
+    names.extend(f"SYNTH:S{i:04d}" for i in range(len(names), count))
+    return names
+
+
+@dataclass(slots=True)
+class _SymbolWalk:
+    """The server-side truth for one synthetic symbol; ``seq`` doubles as its volume."""
+
+    key: str
+    price: float
+    prev_close: float
+    seq: int = 0
+    sent: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeedStats:
+    """What the server did, for tests and the demo's log."""
+
+    connections: int = 0
+    connect_times: list[float] = field(default_factory=list)
+    messages_sent: int = 0
+    updates_sent: Counter[str] = field(default_factory=Counter)
+    heartbeats_sent: int = 0
+    heartbeats_echoed: int = 0
+    dropped_for_heartbeat: int = 0
+    client_methods: Counter[str] = field(default_factory=Counter)
+    client_packets: list[tuple[int, str, list[Any]]] = field(default_factory=list)
+    client_malformed: int = 0
+    errors_sent: Counter[str] = field(default_factory=Counter)
+
+
+class _Client:
+    """State of one connected client."""
+
+    def __init__(self, number: int, conn: ServerConnection, faulty: bool) -> None:
+        self.number = number
+        self.conn = conn
+        self.faulty = faulty
+        self.qs: str | None = None
+        self.symbols: list[str] = []
+        self.subscribed = threading.Event()
+        self.closed = threading.Event()
+        self.pending_heartbeats: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+
+class FeedServer:
+    """Serve the feed on ``host:port`` from a background thread: ``start()`` → ``port`` → ``stop()``."""
+
+    def __init__(self, config: FeedConfig) -> None:
+        """Load the replay or build the synthetic universe; no socket is opened yet."""
+        self.config = config
+        self.stats = FeedStats()
+        self._rng = random.Random(config.seed)
+        self._lock = threading.Lock()
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._replay: list[tuple[float | None, list[str]]] = []
+        self._walks: dict[str, _SymbolWalk] = {}
+        if config.replay is not None:
+            self._replay = load_replay(config.replay)
+            self.known_symbols = _replay_symbols(self._replay)
+        else:
+            for i, key in enumerate(synthetic_universe(config.synthetic_symbols)):
+                price = round(10.0 + (i * 37.0) % 5000.0, 2)
+                self._walks[key] = _SymbolWalk(key, price, price)
+            self.known_symbols = set(self._walks)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        assert self._server is not None, "start() the server first"
+        return int(self._server.socket.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/socket.io/websocket`` of the running server."""
+        return f"ws://{self.config.host}:{self.port}/socket.io/websocket"
+
+    def start(self) -> FeedServer:
+        """Bind and serve in a daemon thread."""
+        self._server = serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            compression=None,
+            max_size=2**24,
+            ping_interval=None,
+            server_header="tv",
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="feed-server", daemon=True)
+        self._thread.start()
+        logger.info("feed server listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and the listening socket."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FeedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        """Run in the calling thread until interrupted (the CLI)."""
+        self.start()
+        try:
+            while not self._stopping.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # -- one connection --------------------------------------------------------------------
+
+    def _handle(self, conn: ServerConnection) -> None:
+        with self._lock:
+            self.stats.connections += 1
+            number = self.stats.connections
+            self.stats.connect_times.append(time.monotonic())
+        faulty = self.config.fault_connections is None or number <= self.config.fault_connections
+        client = _Client(number, conn, faulty)
+        reader = threading.Thread(target=self._read_loop, args=(client,), name=f"feed-read-{number}", daemon=True)
+        try:
+            self._send(client, frame(self._hello()))
+            reader.start()
+            self._write_loop(client)
+        except ConnectionClosed:
+            pass
+        finally:
+            client.closed.set()
+            conn.close()
+            if reader.is_alive():
+                reader.join(timeout=2)
+
+    def _hello(self) -> str:
+        now = time.time()
+        hello = {
+            "session_id": f"0.{self._rng.randrange(99999)}.1_local-feed",
+            "timestamp": int(now),
+            "timestampMs": int(now * 1000),
+            "release": "quoteflow-feed",
+            "studies_metadata_hash": "0" * 40,
+            "auth_scheme_vsn": 2,
+            "protocol": "json",
+            "via": f"{self.config.host}:{self.port}",
+            "javastudies": ["3.66"],
+        }
+        return orjson.dumps(hello).decode()
+
+    def _send(self, client: _Client, raw: str) -> None:
+        client.conn.send(raw)
+
+    def _drop(self, client: _Client, why: str) -> None:
+        """Cut the TCP connection without a close handshake, as a flaky network or TradingView does."""
+        logger.info("feed: dropping client %d (%s)", client.number, why)
+        client.closed.set()
+        try:
+            client.conn.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _read_loop(self, client: _Client) -> None:
+        """Read the client's packets and answer as TradingView would."""
+        stats = self.stats
+        try:
+            for raw in client.conn:
+                if not isinstance(raw, str):
+                    continue
+                decoded = decode_message(raw)
+                stats.client_malformed += len(decoded.malformed)
+                for packet in decoded.packets:
+                    if packet.kind == HEARTBEAT:
+                        with client.lock:
+                            if client.pending_heartbeats.pop(packet.raw, None) is not None:
+                                stats.heartbeats_echoed += 1
+                        continue
+                    if packet.kind == MESSAGE and packet.method is not None:
+                        self._on_client_packet(client, packet.method, packet.params)
+        except ConnectionClosed:
+            pass
+        finally:
+            client.closed.set()
+
+    def _on_client_packet(self, client: _Client, method: str, params: list[Any]) -> None:
+        stats = self.stats
+        stats.client_methods[method] += 1
+        if len(stats.client_packets) < 10_000:
+            stats.client_packets.append((client.number, method, params))
+        if method == "set_auth_token":
+            if not params or params[0] not in self.config.tokens:
+                stats.errors_sent["protocol_error"] += 1
+                self._send(client, encode_packet("protocol_error", ["bad auth token"]))
+                client.conn.close()
+            return
+        if method == "quote_create_session" and params:
+            client.qs = str(params[0])
+            return
+        if method in ("quote_add_symbols", "quote_fast_symbols"):
+            qs = params[0] if params else None
+            symbols = params[1:]
+            if qs != client.qs or any(not isinstance(s, str) for s in symbols):
+                stats.errors_sent["critical_error"] += 1
+                self._send(client, encode_packet("critical_error", [qs, "invalid_parameters", method]))
+                return
+            if method == "quote_add_symbols":
+                self._add_symbols(client, symbols)
+            return
+        if method == "quote_remove_symbols" and params and params[0] == client.qs:
+            with client.lock:
+                client.symbols = [s for s in client.symbols if s not in params[1:]]
+
+    def _add_symbols(self, client: _Client, symbols: list[str]) -> None:
+        packets = []
+        added = []
+        for key in symbols:
+            if key not in self.known_symbols:
+                self.stats.errors_sent["no_such_symbol"] += 1
+                packets.append(
+                    encode_packet("qsd", [client.qs, {"n": key, "s": "error", "errmsg": "no_such_symbol", "v": {}}])
+                )
+                continue
+            added.append(key)
+            walk = self._walks.get(key)
+            if walk is not None and walk.seq > 0:
+                # Like TradingView after a (re)subscribe: the full current snapshot first.
+                packets.append(self._snapshot_packet(client.qs, walk))
+            packets.append(encode_packet("quote_completed", [client.qs, key]))
+        if packets:
+            self._send(client, "".join(packets))
+        with client.lock:
+            client.symbols.extend(s for s in added if s not in client.symbols)
+        client.subscribed.set()
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def _write_loop(self, client: _Client) -> None:
+        """Heartbeats and data on one thread, so a stall really stops both."""
+        config = self.config
+        next_heartbeat = time.monotonic() + config.heartbeat_interval
+        heartbeat_no = 0
+        sent = 0
+        source = self._replay_messages(client) if config.replay is not None else self._synthetic_messages(client)
+        next_send = time.monotonic()
+        while not client.closed.is_set() and not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                with client.lock:
+                    overdue = [t for t, at in client.pending_heartbeats.items() if now - at > config.heartbeat_timeout]
+                if overdue:
+                    self.stats.dropped_for_heartbeat += 1
+                    self._drop(client, f"heartbeat {overdue[0]} not echoed within {config.heartbeat_timeout} s")
+                    return
+                heartbeat_no += 1
+                token = f"~h~{heartbeat_no}"
+                with client.lock:
+                    client.pending_heartbeats[token] = now
+                self._send(client, frame(token))
+                self.stats.heartbeats_sent += 1
+                next_heartbeat = now + config.heartbeat_interval
+            if not client.subscribed.is_set():
+                client.subscribed.wait(min(0.05, max(0.0, next_heartbeat - now)))
+                continue
+            if now < next_send:
+                time.sleep(min(next_send - now, max(0.0, next_heartbeat - now), 0.05))
+                continue
+            if client.faulty and config.stall_after is not None and sent >= config.stall_after:
+                # Silence on every channel (heartbeats too) with the socket left open: a frozen link.
+                logger.info("feed: stalling client %d after %d messages", client.number, sent)
+                while not client.closed.wait(0.2) and not self._stopping.is_set():
+                    pass
+                return
+            item = next(source, None)
+            if item is None:
+                # Replay finished: keep the link alive with heartbeats only.
+                next_send = next_heartbeat
+                continue
+            delay, message = item
+            if message is None:
+                next_send = now + delay
+                continue
+            if client.faulty:
+                message = self._inject_faults(message, sent + 1)
+            self._send(client, message)
+            sent += 1
+            self.stats.messages_sent += 1
+            if client.faulty and config.drop_after is not None and sent >= config.drop_after:
+                self._drop(client, f"drop_after={config.drop_after}")
+                return
+            next_send = (next_send if delay > 0 else now) + delay
+            if next_send < now - 1.0:
+                next_send = now  # do not burst to catch up after a slow spell
+
+    def _inject_faults(self, message: str, number: int) -> str:
+        config = self.config
+        if config.garbage_every and number % config.garbage_every == 0:
+            garbage = self._rng.choice(
+                (
+                    frame("this is not json"),
+                    frame('{"m":"no_such_method","p":[]}'),
+                    "~m~x1~m~{}",
+                    frame('{"m":"qsd","p":'),
+                )
+            )
+            message = garbage + message
+        if config.bad_length_every and number % config.bad_length_every == 0:
+            body = '{"m":"qsd","p":["qs_none",{"n":"X:Y","s":"ok","v":{"lp":1}}]}'
+            message = f"~m~{len(body) + 7}~m~{body}" + message
+        return message
+
+    def _replay_messages(self, client: _Client) -> Any:
+        speed = self.config.speed
+        while True:
+            previous_ts: float | None = None
+            for ts, payloads in self._replay:
+                if ts is not None and previous_ts is not None:
+                    delay = max(0.0, ts - previous_ts)
+                else:
+                    delay = 0.1
+                previous_ts = ts
+                delay = delay / speed if speed > 0 else 0.0
+                qs = f'"{client.qs}"'
+                yield delay, "".join(frame(_QS_ID.sub(qs, p)) for p in payloads)
+            if not self.config.loop:
+                return
+
+    def _snapshot_packet(self, qs: str | None, walk: _SymbolWalk) -> str:
+        """The full merged state of everything sent so far, as TradingView sends after a subscribe."""
+        return frame(orjson.dumps({"m": "qsd", "p": [qs, {"n": walk.key, "s": "ok", "v": walk.sent}]}).decode())
+
+    def _synthetic_messages(self, client: _Client) -> Any:
+        """Partial qsd updates, round-robin over the client's symbols, ``packets_per_message`` per message."""
+        config = self.config
+        per_message = config.packets_per_message
+        delay = per_message / config.rate if config.rate > 0 else 0.0
+        rng = self._rng
+        walks = self._walks
+        dumps = orjson.dumps
+        updates = self.stats.updates_sent
+        index = 0
+        while True:
+            with client.lock:
+                symbols = list(client.symbols)
+            if not symbols:
+                yield delay, None
+                continue
+            qs = client.qs
+            now = int(time.time())
+            parts = []
+            for _ in range(per_message):
+                walk = walks[symbols[index % len(symbols)]]
+                index += 1
+                walk.seq += 1
+                seq = walk.seq
+                updates[walk.key] += 1
+                walk.price = price = max(0.01, round(walk.price * (1.0 + rng.gauss(0.0, 0.0005)), 4))
+                change = round(price - walk.prev_close, 4)
+                values: dict[str, Any] = {"lp": price, "volume": float(seq), "ch": change}
+                r = rng.random()
+                if r < 0.3:
+                    values["bid"] = round(price * 0.9999, 4)
+                    values["ask"] = round(price * 1.0001, 4)
+                    values["bid_size"] = rng.randint(1, 99)
+                elif r < 0.5:
+                    values["lp_time"] = now
+                    values["chp"] = round(change / walk.prev_close * 100, 4)
+                if seq == 1:
+                    values["currency_code"] = "USDT"
+                    values["update_mode"] = "streaming"
+                    values["high_price"] = 1e100
+                    values["prev_close_price"] = walk.prev_close
+                if seq % 97 == 1:
+                    values["description"] = _DESCRIPTIONS[seq % len(_DESCRIPTIONS)]
+                walk.sent.update(values)
+                payload = dumps({"m": "qsd", "p": [qs, {"n": walk.key, "s": "ok", "v": values}]}).decode()
+                parts.append(frame(payload))
+            yield delay, "".join(parts)
+
+
+def load_replay(path: str | Path) -> list[tuple[float | None, list[str]]]:
+    """The server→client messages of a frames JSONL file as (timestamp or None, payloads), hello excluded.
+
+    Raw line: ``{"direction":"server->client","raw":"~m~4~m~~h~1","ts":1764300000.5}``. Unframed lines
+    (payload only) are framed; lines that do not parse are skipped with a warning.
+    """
+    messages: list[tuple[float | None, list[str]]] = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = orjson.loads(line)
+        if record.get("direction") != "server->client":
+            continue
+        raw = record["raw"]
+        if not raw.startswith("~m~"):
+            raw = frame(raw)
+        payloads, malformed = split_packets(raw)
+        if malformed:
+            logger.warning("replay line %d: %d malformed packet(s) kept out", number, len(malformed))
+        payloads = [p for p in payloads if not p.startswith('{"session_id"')]
+        if payloads:
+            ts = record.get("ts")
+            messages.append((float(ts) if isinstance(ts, (int, float)) and math.isfinite(ts) else None, payloads))
+    if not messages:
+        raise FeedServerError(f"replay file {path} has no server->client messages")
+    return messages
+
+
+def _replay_symbols(messages: list[tuple[float | None, list[str]]]) -> set[str]:
+    """Every ``n`` key of the replay's ``qsd`` packets: the symbols this feed knows."""
+    known: set[str] = set()
+    for _, payloads in messages:
+        for payload in payloads:
+            if payload.startswith('{"m":"qsd"'):
+                decoded = orjson.loads(payload)
+                body = decoded["p"][1] if len(decoded.get("p", [])) > 1 else None
+                if isinstance(body, dict) and isinstance(body.get("n"), str):
+                    known.add(body["n"])
+    return known
+
+
+def is_malformed(item: object) -> bool:
+    """True for a :class:`MalformedPacket` (helper for callers that mix results)."""
+    return isinstance(item, MalformedPacket)
