@@ -173,3 +173,86 @@ def dead_lettered_offsets(consumer: Any, dlq_topic: str, origin_topic: str) -> d
         if letter.origin_topic == origin_topic and letter.origin_offset >= 0:
             out.setdefault(letter.origin_partition, set()).add(letter.origin_offset)
     return out
+
+
+def list_dead_letters(
+    config: Mapping[str, Any], dlq_topic: str, *, reason: str | None = None, limit: int = 50
+) -> dict[str, Any]:
+    """Count dead letters by reason and show up to ``limit`` of them (newest origin wins per duplicate)."""
+    from include.quoteflow.kafka.ranges import make_consumer
+
+    consumer = make_consumer(config, "quoteflow-dlq-list")
+    try:
+        letters = {
+            (d.origin_topic, d.origin_partition, d.origin_offset): d
+            for d in read_dead_letters(consumer, dlq_topic)
+            if reason is None or d.reason == reason
+        }
+    finally:
+        consumer.close()
+    by_reason: dict[str, int] = {}
+    for letter in letters.values():
+        by_reason[letter.reason] = by_reason.get(letter.reason, 0) + 1
+    shown = [d.summary() for d in list(letters.values())[: max(0, limit)]]
+    return {"dead_letters": len(letters), "by_reason": by_reason, "shown": shown}
+
+
+def replay_dead_letters(
+    config: Mapping[str, Any],
+    dlq_topic: str,
+    target_topic: str,
+    *,
+    reason: str | None = None,
+    group_id: str = "quoteflow-dlq-replay",
+) -> dict[str, Any]:
+    """Re-produce dead letters not replayed before (after the group's committed DLQ offsets) into ``target_topic``.
+
+    Each origin is replayed once even if it was dead-lettered several times (window re-runs); the
+    replay group's offsets are committed only after every replayed record was acknowledged.
+    """
+    from confluent_kafka import Producer, TopicPartition
+
+    from include.quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, topic_partitions, watermarks
+
+    consumer = make_consumer(config, group_id)
+    failures: list[str] = []
+    replayed = skipped = 0
+    try:
+        parts = topic_partitions(consumer, dlq_topic)
+        committed = {
+            tp.partition: tp.offset for tp in consumer.committed([TopicPartition(dlq_topic, p) for p in parts])
+        }
+        ranges = []
+        for p in parts:
+            low, high = watermarks(consumer, dlq_topic, p)
+            ranges.append(PartitionRange(dlq_topic, p, max(low, committed.get(p, -1)), high))
+        seen: set[tuple[str, int, int]] = set()
+        producer = Producer(producer_config(config))
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for batch in read_ranges(consumer, ranges):
+            for msg in batch:
+                letter = to_dead_letter(msg)
+                origin = (letter.origin_topic, letter.origin_partition, letter.origin_offset)
+                if (reason is not None and letter.reason != reason) or origin in seen:
+                    skipped += 1
+                    continue
+                seen.add(origin)
+                headers = [("replay.origin", "-".join(map(str, origin)).encode())]
+                producer.produce(
+                    target_topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
+                )
+                producer.poll(0)
+                replayed += 1
+        if producer.flush(FLUSH_TIMEOUT_S) or failures:
+            raise DeadLetterError(f"replay to {target_topic!r} not fully acknowledged: {failures[:1] or 'timeout'}")
+        ends = [TopicPartition(dlq_topic, r.partition, r.end) for r in ranges if r.size > 0]
+        if ends:
+            consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
+    logger.info("replayed %s dead letter(s) from %s into %s (%s skipped)", replayed, dlq_topic, target_topic, skipped)
+    return {"replayed": replayed, "skipped": skipped, "target": target_topic}

@@ -147,8 +147,24 @@ def read_ranges(
 ) -> Iterator[list[Any]]:
     """Yield batches of messages holding exactly the offsets of ``ranges`` (assigned, never subscribed).
 
+    Several ranges of one partition are read one after another (an assignment holds a partition once).
     Raises :class:`RangeReadError` on a consumer error or when no progress is made for ``stall_timeout_s``.
     """
+    rounds: list[list[PartitionRange]] = []
+    for r in sorted(r for r in ranges if r.size > 0):
+        for round_ in rounds:
+            if all((x.topic, x.partition) != (r.topic, r.partition) for x in round_):
+                round_.append(r)
+                break
+        else:
+            rounds.append([r])
+    for round_ in rounds:
+        yield from _read_round(consumer, round_, batch_size, poll_timeout_s, stall_timeout_s)
+
+
+def _read_round(
+    consumer: Any, ranges: list[PartitionRange], batch_size: int, poll_timeout_s: float, stall_timeout_s: float
+) -> Iterator[list[Any]]:
     from confluent_kafka import TopicPartition
 
     pending = {(r.topic, r.partition): r.end for r in ranges if r.size > 0}
@@ -156,6 +172,7 @@ def read_ranges(
     if not pending:
         return
     consumer.assign(starts)
+    consumer.resume(starts)  # a partition paused at the end of an earlier round stays paused otherwise
     last_progress = time.monotonic()
     try:
         while pending:
