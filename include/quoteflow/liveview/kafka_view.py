@@ -1,0 +1,141 @@
+"""Kafka reads for the live view: the newest records per partition, the indexer's lag, recent dead letters.
+
+Everything here uses ``assign()`` and metadata calls, never ``subscribe()``: the view joins no consumer
+group and commits nothing, so watching the pipeline cannot disturb it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from include.quoteflow.kafka.ranges import METADATA_TIMEOUT_S, offsets_at, topic_partitions, watermarks
+from include.quoteflow.quotes import InvalidQuote, decode_quote
+
+logger = logging.getLogger(__name__)
+
+VIEWER_GROUP = "quoteflow-liveview"
+
+
+class KafkaViewError(RuntimeError):
+    """A Kafka read for the live view failed; the message names the topic and partition."""
+
+
+@dataclass(frozen=True)
+class TailRecord:
+    """One record read from the end of a partition, decoded when it is a valid Quote."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    quote: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far the indexer's committed offset is behind the end of one partition."""
+
+    partition: int
+    end_offset: int
+    committed: int | None
+    lag: int | None
+
+
+def viewer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A consumer config that reads by assignment only: its own group id, no commits, fail on lost offsets."""
+    out = dict(config)
+    out.update(
+        {
+            "group.id": VIEWER_GROUP,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "latest",
+            "enable.partition.eof": False,
+        }
+    )
+    return out
+
+
+def tail_records(consumer: Any, topic: str, last_n: int = 50, timeout_s: float = 1.0) -> list[TailRecord]:
+    """The last ``last_n`` records of every partition of ``topic``, read within ``timeout_s`` (partial if slower)."""
+    from confluent_kafka import TopicPartition
+
+    if last_n <= 0:
+        raise ValueError("last_n must be positive")
+    ends: dict[int, int] = {}
+    starts = []
+    for partition in topic_partitions(consumer, topic):
+        low, high = watermarks(consumer, topic, partition)
+        start = max(low, high - last_n)
+        if high > start:
+            ends[partition] = high
+            starts.append(TopicPartition(topic, partition, start))
+    if not starts:
+        return []
+    records: list[TailRecord] = []
+    deadline = time.monotonic() + timeout_s
+    consumer.assign(starts)
+    try:
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=max(0.01, min(0.2, deadline - time.monotonic()))):
+                err = msg.error()
+                if err is not None:
+                    raise KafkaViewError(f"tailing {msg.topic()}[{msg.partition()}]: {err}")
+                end = ends.get(msg.partition())
+                if end is None or msg.offset() >= end:
+                    continue
+                records.append(_tail_record(msg))
+                if msg.offset() >= end - 1:
+                    del ends[msg.partition()]
+    finally:
+        consumer.unassign()
+    if ends:
+        logger.warning(
+            "kafka tail of %s stopped after %.1fs with partitions %s unfinished", topic, timeout_s, sorted(ends)
+        )
+    return records
+
+
+def _tail_record(msg: Any) -> TailRecord:
+    key = msg.key()
+    try:
+        quote: dict[str, Any] | None = decode_quote(msg.value())
+    except InvalidQuote:
+        quote = None  # the indexer sends it to the DLQ; the view only skips it
+    return TailRecord(
+        partition=msg.partition(),
+        offset=msg.offset(),
+        timestamp_ms=int(msg.timestamp()[1]),
+        key=key.decode("utf-8", "replace") if key is not None else None,
+        quote=quote,
+    )
+
+
+def indexer_lag(admin: Any, consumer: Any, topic: str, group: str) -> list[PartitionLag]:
+    """Per partition: the log end offset, the ``group``'s committed offset (``None`` if never committed) and the gap."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+
+    partitions = topic_partitions(consumer, topic)
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    future = admin.list_consumer_group_offsets([request], request_timeout=METADATA_TIMEOUT_S)[group]
+    try:
+        committed = {tp.partition: tp.offset for tp in future.result(timeout=METADATA_TIMEOUT_S).topic_partitions}
+    except KafkaException as exc:
+        raise KafkaViewError(f"reading committed offsets of group {group!r} on {topic}: {exc}") from exc
+    out = []
+    for partition in partitions:
+        end = watermarks(consumer, topic, partition)[1]
+        offset = committed.get(partition)
+        done = offset if offset is not None and offset >= 0 else None
+        out.append(PartitionLag(partition, end, done, end - done if done is not None else None))
+    return out
+
+
+def records_since(consumer: Any, topic: str, since_ms: int) -> int:
+    """How many records ``topic`` received at or after ``since_ms`` (by record timestamp), over all partitions."""
+    partitions = topic_partitions(consumer, topic)
+    firsts = offsets_at(consumer, topic, partitions, since_ms)
+    return sum(watermarks(consumer, topic, p)[1] - firsts[p] for p in partitions)
