@@ -1,0 +1,209 @@
+// The live quotes page: polls the plugin's JSON endpoints and draws the price with uPlot.
+// Symbol and range live in the query string, so a view can be bookmarked; changing them reloads the
+// page (Airflow's UI mirrors the iframe's URL into its own address bar on each load).
+(function () {
+  "use strict";
+  const params = new URLSearchParams(window.location.search);
+  const symbol = params.get("symbol") || "";
+  const range = params.get("range") || "15m";
+  const refreshMs = Math.max(250, Number(params.get("refresh") || 1000));
+  const healthMs = 5000;
+  const $ = (id) => document.getElementById(id);
+  const state = { symbol, range, plot: null, lastKey: null, samples: [], errors: 0 };
+  window.__quotesView = state; // read by the browser test (freshness samples, current symbol)
+
+  function fmt(value, digits) {
+    if (value === null || value === undefined) return "—";
+    if (typeof value !== "number") return String(value);
+    return digits === undefined ? String(value) : value.toFixed(digits);
+  }
+
+  async function getJson(path) {
+    const resp = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+    if (resp.status === 401 || resp.status === 403) throw new Error("not signed in to Airflow (" + resp.status + ")");
+    if (!resp.ok) {
+      let detail = resp.statusText;
+      try { detail = (await resp.json()).detail || detail; } catch (e) { /* not JSON */ }
+      throw new Error(path.split("?")[0] + ": " + resp.status + " " + detail);
+    }
+    return resp.json();
+  }
+
+  function setStatus(text, isError) {
+    const el = $("status");
+    el.textContent = text;
+    el.classList.toggle("error", Boolean(isError));
+  }
+
+  function makePlot(t, price) {
+    const el = $("chart");
+    const opts = {
+      width: Math.max(320, el.clientWidth || 800),
+      height: 360,
+      title: state.symbol,
+      scales: { x: { time: true } },
+      series: [{}, { label: "price", stroke: "#2962ff", width: 1.5, points: { show: false } }],
+      axes: [{}, { size: 80 }],
+    };
+    return new uPlot(opts, [t, price], el);
+  }
+
+  function drawChart(chart) {
+    const t = chart.t.map((ms) => ms / 1000);
+    const el = $("chart");
+    if (!state.plot) state.plot = makePlot(t, chart.price);
+    else state.plot.setData([t, chart.price]);
+    el.dataset.points = String(t.length);
+    el.dataset.symbol = chart.symbol;
+    el.dataset.lastT = t.length ? String(chart.t[t.length - 1]) : "";
+    el.dataset.lastPrice = t.length ? String(chart.price[t.length - 1]) : "";
+  }
+
+  function drawLatest(entry) {
+    $("latest-symbol").textContent = state.symbol;
+    const q = entry.quote;
+    const price = $("last-price");
+    if (!q) { price.textContent = "no quotes yet"; return; }
+    price.textContent = fmt(q.price);
+    price.dataset.partition = String(q.partition);
+    price.dataset.offset = String(q.offset);
+    price.dataset.receivedAt = q.received_at;
+    price.dataset.price = String(q.price);
+    const change = $("last-change");
+    change.textContent = q.change === null ? "" : (q.change > 0 ? "+" : "") + fmt(q.change);
+    change.className = "change " + (q.change > 0 ? "up" : q.change < 0 ? "down" : "");
+    $("last-change-pct").textContent = q.change_percent === null ? "—" : fmt(q.change_percent, 2) + " %";
+    $("last-volume").textContent = fmt(q.volume);
+    $("last-event-time").textContent = q.event_time || "—";
+    $("last-received").textContent = q.received_at;
+    $("last-from").textContent = entry.from === "kafka" ? "Kafka (not indexed yet)" : "Elasticsearch";
+    const indexed = entry.indexed;
+    $("indexed-price").textContent = indexed ? fmt(indexed.price) : "—";
+    $("indexed-price").dataset.offset = indexed ? String(indexed.offset) : "";
+    $("indexed-price").dataset.price = indexed ? String(indexed.price) : "";
+    $("indexed-at").textContent = indexed ? "offset " + indexed.offset + ", " + indexed.received_at : "";
+    const key = q.partition + ":" + q.offset;
+    if (key !== state.lastKey) {
+      // Freshness of a tick: the producer's received_at → the moment this page shows it (same machine's clock).
+      const ms = Date.now() - Date.parse(q.received_at);
+      if (state.lastKey !== null) state.samples.push({ offset: q.offset, receivedAt: q.received_at, ms });
+      state.lastKey = key;
+      $("freshness").textContent = ms + " ms";
+      $("freshness").dataset.ms = String(ms);
+    }
+  }
+
+  function drawOthers(latest) {
+    const body = $("others-body");
+    body.replaceChildren();
+    for (const [name, entry] of Object.entries(latest)) {
+      const q = entry.quote;
+      const tr = document.createElement("tr");
+      const link = document.createElement("a");
+      const next = new URLSearchParams({ symbol: name, range: state.range });
+      link.href = "?" + next.toString();
+      link.textContent = name;
+      const cells = [link, q ? fmt(q.price) : "—", q && q.change_percent !== null ? fmt(q.change_percent, 2) : "—",
+        q ? q.received_at : "—"];
+      for (const c of cells) {
+        const td = document.createElement("td");
+        if (typeof c === "string") td.textContent = c; else td.appendChild(c);
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+  }
+
+  function drawHealth(h) {
+    const a = h.airflow || {};
+    const p = a.producer;
+    const tries = p && p.tasks && p.tasks.length ? ", try " + Math.max(...p.tasks.map((t) => t.try_number || 0)) : "";
+    const ages = Object.entries(h.tick_age_s || {})
+      .map(([s, age]) => s.split(":").pop() + " " + (age === null ? "—" : age.toFixed(1) + " s")).join(" · ");
+    $("producer-state").textContent = (p ? p.state + tries : "no run") + (ages ? " — last tick: " + ages : "");
+    const w = a.indexer_last_finished;
+    const latest = a.indexer_latest;
+    $("indexer-state").textContent = w
+      ? w.state + " [" + w.data_interval_start + " → " + w.data_interval_end + ")" +
+        (latest && latest.run_id !== w.run_id ? "; next " + latest.state : "")
+      : (a.error || "no finished window yet");
+    $("dlq-count").textContent = h.dead_letters_last_hour === null ? "no DLQ topic" : String(h.dead_letters_last_hour);
+    $("lag-total").textContent = String(h.lag_total) + " records";
+    const body = $("lag-body");
+    body.replaceChildren();
+    for (const p of h.lag) {
+      const tr = document.createElement("tr");
+      for (const v of [p.partition, p.end_offset, p.committed === null ? "—" : p.committed, p.lag === null ? "—" : p.lag]) {
+        const td = document.createElement("td");
+        td.textContent = String(v);
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+  }
+
+  async function tick() {
+    const q = "symbol=" + encodeURIComponent(state.symbol);
+    try {
+      const [chart, latest] = await Promise.all([
+        getJson("api/chart?" + q + "&range=" + encodeURIComponent(state.range)),
+        getJson("api/latest?" + Array.from(new Set([state.symbol, ...state.others]))
+          .map((s) => "symbol=" + encodeURIComponent(s)).join("&")),
+      ]);
+      drawChart(chart);
+      drawLatest(latest.latest[state.symbol]);
+      drawOthers(latest.latest);
+      setStatus("live · updated " + new Date().toLocaleTimeString(), false);
+    } catch (err) {
+      state.errors += 1;
+      setStatus(String(err.message || err), true);
+    } finally {
+      setTimeout(tick, refreshMs);
+    }
+  }
+
+  async function healthTick() {
+    try {
+      drawHealth(await getJson("api/health?symbol=" + state.others.map(encodeURIComponent).join("&symbol=")));
+    } catch (err) {
+      setStatus(String(err.message || err), true);
+    } finally {
+      setTimeout(healthTick, healthMs);
+    }
+  }
+
+  async function start() {
+    let symbols;
+    try {
+      symbols = await getJson("api/symbols");
+    } catch (err) {
+      setStatus(String(err.message || err), true);
+      return;
+    }
+    state.others = symbols.default.length ? symbols.default : symbols.symbols.slice(0, 10);
+    if (!state.symbol) state.symbol = state.others[0] || symbols.symbols[0] || "";
+    const select = $("symbol");
+    for (const name of symbols.symbols.includes(state.symbol) ? symbols.symbols : [state.symbol, ...symbols.symbols]) {
+      const opt = document.createElement("option");
+      opt.value = name;
+      opt.textContent = name;
+      select.appendChild(opt);
+    }
+    select.value = state.symbol;
+    const rangeSelect = $("range");
+    if (![...rangeSelect.options].some((o) => o.value === state.range)) {
+      const opt = document.createElement("option");
+      opt.value = opt.textContent = state.range;
+      rangeSelect.appendChild(opt);
+    }
+    rangeSelect.value = state.range;
+    for (const el of [select, rangeSelect]) el.addEventListener("change", () => $("controls").submit());
+    window.addEventListener("resize", () => {
+      if (state.plot) state.plot.setSize({ width: $("chart").clientWidth, height: 360 });
+    });
+    tick();
+    healthTick();
+  }
+
+  start();
+})();

@@ -1,0 +1,152 @@
+"""Airflow plugin: the live quotes view (``/quotes-view``) and its "Quotes" entry in the UI's navigation.
+
+Thin wiring over ``include.quoteflow.liveview``: this file adds what only Airflow knows — who the
+user is (every route requires an authenticated Airflow user, by Bearer token or the UI's ``_token``
+cookie, which the browser also sends to the iframe'd page), the ``kafka_default`` and
+``elasticsearch_default`` connections, ``[quoteflow]`` settings, and the state of the pipeline's DAG runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from airflow.api_fastapi.core_api.security import requires_authenticated
+from airflow.configuration import conf
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends
+
+from include.quoteflow import settings
+from include.quoteflow.liveview.service import LiveNames, LiveView
+from include.quoteflow.liveview.web import create_app
+
+logger = logging.getLogger(__name__)
+
+URL_PREFIX = "/quotes-view"
+STATIC_DIR = Path(__file__).resolve().parent / "quotes_view" / "static"
+INDEXER_DAG_ID = "quotes_indexer"
+PRODUCER_DAG_ID = "quotes_producer"
+
+_views: dict[tuple[str, str], LiveView] = {}
+_views_lock = threading.Lock()
+
+
+def _connection(conn_id: str) -> settings.ConnectionInfo:
+    """The connection from ``AIRFLOW_CONN_<ID>`` if set, else from Airflow's secrets backends and database."""
+    info = settings.connection_from_env(conn_id)
+    if info is not None:
+        return info
+    from airflow.models.connection import Connection
+
+    conn = Connection.get_connection_from_secrets(conn_id)
+    return settings.ConnectionInfo(
+        conn_id=conn_id,
+        conn_type=conn.conn_type,
+        host=conn.host,
+        port=conn.port,
+        schema=conn.schema,
+        login=conn.login,
+        password=conn.password,
+        extra=conn.extra_dejson,
+    )
+
+
+def _names() -> LiveNames:
+    symbols = conf.get("quoteflow", "symbols", fallback=",".join(settings.DEFAULT_SYMBOLS))
+    return LiveNames(
+        topic=conf.get("quoteflow", "quotes_topic", fallback=settings.QUOTES_TOPIC),
+        dlq_topic=conf.get("quoteflow", "dlq_topic", fallback=settings.DLQ_TOPIC),
+        index_pattern=conf.get("quoteflow", "index_pattern", fallback=settings.INDEX_PATTERN),
+        group=conf.get("quoteflow", "consumer_group", fallback=settings.CONSUMER_GROUP),
+        symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+    )
+
+
+def _view() -> tuple[LiveView, LiveNames]:
+    """One :class:`LiveView` per (Kafka, Elasticsearch) pair, made on first use."""
+    kafka = settings.kafka_config(_connection(settings.KAFKA_CONN_ID).extra)
+    es_args = settings.elasticsearch_client_args(_connection(settings.ELASTICSEARCH_CONN_ID))
+    key = (str(kafka["bootstrap.servers"]), str(es_args["hosts"]))
+    with _views_lock:
+        view = _views.get(key)
+        if view is None:
+            from elasticsearch import Elasticsearch
+
+            view = _views[key] = LiveView(lambda: Elasticsearch(**es_args, request_timeout=10), kafka)
+            logger.info("quotes view reads Kafka %s and Elasticsearch %s", key[0], key[1])
+    return view, _names()
+
+
+def _run_state(run: Any) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "run_id": run.run_id,
+        "state": str(run.state) if run.state is not None else None,
+        "data_interval_start": iso(run.data_interval_start),
+        "data_interval_end": iso(run.data_interval_end),
+        "start_date": iso(run.start_date),
+        "end_date": iso(run.end_date),
+    }
+
+
+def pipeline_state() -> dict[str, Any]:
+    """The newest producer run (with its task's try number) and the newest and last finished indexer windows."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    def newest(session: Any, dag_id: str, *conditions: Any) -> Any:
+        query = select(DagRun).where(DagRun.dag_id == dag_id, *conditions).order_by(DagRun.run_after.desc())
+        return session.scalars(query.limit(1)).first()
+
+    try:
+        with create_session() as session:
+            producer = newest(session, PRODUCER_DAG_ID)
+            indexer = newest(session, INDEXER_DAG_ID)
+            finished = newest(session, INDEXER_DAG_ID, DagRun.end_date.is_not(None))
+            out: dict[str, Any] = {
+                "producer": _run_state(producer) if producer else None,
+                "indexer_latest": _run_state(indexer) if indexer else None,
+                "indexer_last_finished": _run_state(finished) if finished else None,
+            }
+            if producer is not None:
+                tries = session.execute(
+                    select(TaskInstance.task_id, TaskInstance.state, TaskInstance.try_number).where(
+                        TaskInstance.dag_id == PRODUCER_DAG_ID, TaskInstance.run_id == producer.run_id
+                    )
+                ).all()
+                out["producer"]["tasks"] = [{"task_id": t, "state": str(s), "try_number": n} for t, s, n in tries]
+            return out
+    except SQLAlchemyError as exc:
+        logger.warning("quotes view could not read DAG run state: %s", exc)
+        return {"error": f"Airflow metadata database: {exc.__class__.__name__}"}
+
+
+app = create_app(
+    _view,
+    STATIC_DIR,
+    dependencies=[Depends(requires_authenticated())],
+    pipeline_state=pipeline_state,
+)
+
+
+class QuotesViewPlugin(AirflowPlugin):
+    """Mounts the live quotes view and puts "Quotes" in the navigation (shown in an iframe in the UI)."""
+
+    name = "quotes_view"
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Quotes live view"}]
+    external_views = [
+        {
+            "name": "Quotes",
+            "href": f"{URL_PREFIX}/",
+            "destination": "nav",
+            "url_route": "quotes",
+            "category": "browse",
+        }
+    ]
