@@ -1,0 +1,226 @@
+"""The quotes view's JSON endpoints through Airflow's own API server app, against real Kafka and Elasticsearch.
+
+Records go to a fresh topic; the older ones are also indexed (as the indexer would, with their real
+offsets) into a fresh index prefix; the newest exist only in Kafka. The endpoints must answer with
+exactly those values, and refuse callers without an Airflow token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from include.quoteflow.elastic.documents import build_document, index_name
+from include.quoteflow.elastic.template import quote_mappings
+from include.quoteflow.quotes import Quote, format_timestamp, split_symbol
+
+SOL, BTC = "BINANCE:SOLUSDT", "BINANCE:BTCUSDT"
+SOL_RECORDS, SOL_INDEXED, BTC_RECORDS = 10, 7, 4
+ROUTES = ["/", "/static/app.js", "/api/symbols", f"/api/chart?symbol={SOL}", "/api/latest", "/api/health"]
+
+
+def _quote(symbol: str, price: float, received_s: float) -> Quote:
+    exchange, ticker = split_symbol(symbol)
+    return Quote(
+        schema=1,
+        source="tradingview",
+        symbol=symbol,
+        exchange=exchange,
+        ticker=ticker,
+        price=price,
+        change=round(price - 100, 4),
+        change_percent=round((price - 100) / 100 * 100, 4),
+        volume=1000 + price,
+        bid=price - 0.01,
+        ask=price + 0.01,
+        high=None,
+        low=None,
+        open=None,
+        prev_close=100.0,
+        currency="USDT",
+        update_mode="streaming",
+        event_time=format_timestamp(int(received_s)),
+        received_at=format_timestamp(received_s, milliseconds=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def client(airflow_db: Path):
+    """A TestClient on Airflow's API server app (plugins loaded from plugins/), and a valid Bearer token."""
+    from airflow.api_fastapi.app import create_app
+    from starlette.testclient import TestClient
+
+    # An API server needs a JWT signing key; `airflow standalone` writes one, a bare create_app() does not.
+    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex + uuid.uuid4().hex)
+    with TestClient(create_app()) as test_client:
+        passwords = json.loads((airflow_db / "simple_auth_manager_passwords.json.generated").read_text())
+        resp = test_client.post("/auth/token", json={"username": "admin", "password": passwords["admin"]})
+        assert resp.status_code == 201, resp.text
+        yield test_client, resp.json()["access_token"]
+
+
+@pytest.fixture
+def pipeline_data(kafka_bootstrap, make_topic, es_client, fresh_index_prefix, monkeypatch):
+    """Fresh topic + DLQ + index prefix holding known quotes; the view is pointed at them through [quoteflow]."""
+    topic = make_topic(partitions=2, config={"message.timestamp.type": "LogAppendTime"})
+    dlq = make_topic(partitions=1)
+    group = f"quoteflow-indexer-test-{uuid.uuid4().hex[:8]}"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    delivered: list = []
+    base = time.time() - 120
+    plan = [(SOL, 0, 150.0 + i * 0.37, base + i * 3.3) for i in range(SOL_RECORDS)]
+    plan += [(BTC, 1, 90000.0 + i * 11.5, base + 1.1 + i * 4.7) for i in range(BTC_RECORDS)]
+    for symbol, partition, price, received in plan:
+        quote = _quote(symbol, round(price, 4), received)
+        producer.produce(
+            topic,
+            key=symbol.encode(),
+            value=quote.to_json(),
+            partition=partition,
+            on_delivery=lambda err, msg: delivered.append((err, msg)),
+        )
+    now_ms = int(time.time() * 1000)
+    producer.produce(dlq, key=b"x", value=b"not json", timestamp=now_ms - 2 * 3600_000)  # older than an hour
+    producer.produce(dlq, key=b"x", value=b"not json", timestamp=now_ms - 60_000)
+    producer.produce(dlq, key=b"x", value=b"{}", timestamp=now_ms - 1000)
+    assert producer.flush(30) == 0
+    assert all(err is None for err, _ in delivered)
+    records = {(m.partition(), m.offset()): m for _, m in delivered}
+    sol = sorted((o, m) for (p, o), m in records.items() if p == 0)
+    btc = sorted((o, m) for (p, o), m in records.items() if p == 1)
+    indexed = [m for _, m in sol[:SOL_INDEXED]] + [m for _, m in btc]
+    docs = []
+    for msg in indexed:
+        doc = build_document(json.loads(msg.value()), topic, msg.partition(), msg.offset(), msg.timestamp()[1])
+        docs.append(
+            (index_name(fresh_index_prefix, doc["@timestamp"]), f"{topic}-{msg.partition()}-{msg.offset()}", doc)
+        )
+    for index in {i for i, _, _ in docs}:
+        es_client.indices.create(index=index, mappings=quote_mappings())
+    for index, doc_id, doc in docs:
+        es_client.index(index=index, id=doc_id, document=doc)
+    es_client.indices.refresh(index=f"{fresh_index_prefix}*")
+
+    committer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:  # the indexer committed the end of what it indexed
+        committer.commit(
+            offsets=[TopicPartition(topic, 0, SOL_INDEXED), TopicPartition(topic, 1, BTC_RECORDS)], asynchronous=False
+        )
+    finally:
+        committer.close()
+
+    monkeypatch.setenv("AIRFLOW__QUOTEFLOW__QUOTES_TOPIC", topic)
+    monkeypatch.setenv("AIRFLOW__QUOTEFLOW__DLQ_TOPIC", dlq)
+    monkeypatch.setenv("AIRFLOW__QUOTEFLOW__INDEX_PATTERN", f"{fresh_index_prefix}*")
+    monkeypatch.setenv("AIRFLOW__QUOTEFLOW__CONSUMER_GROUP", group)
+    monkeypatch.setenv("AIRFLOW__QUOTEFLOW__SYMBOLS", f"{SOL},{BTC}")
+    return {
+        "sol": [json.loads(m.value()) | {"offset": o} for o, m in sol],
+        "btc": [json.loads(m.value()) | {"offset": o} for o, m in btc],
+    }
+
+
+def test_every_route_refuses_a_caller_without_a_token(client) -> None:
+    test_client, _ = client
+    test_client.cookies.clear()
+    for route in ROUTES:
+        resp = test_client.get(f"/quotes-view{route}")
+        assert resp.status_code == 401, f"{route} answered {resp.status_code} without credentials"
+        resp = test_client.get(f"/quotes-view{route}", headers={"Authorization": "Bearer not-a-jwt"})
+        assert resp.status_code in (401, 403), f"{route} answered {resp.status_code} to a forged token"
+
+
+def test_every_route_answers_an_authenticated_user_by_header_and_by_the_ui_cookie(client, pipeline_data) -> None:
+    test_client, token = client
+    for route in ROUTES:
+        resp = test_client.get(f"/quotes-view{route}", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, f"{route}: {resp.status_code} {resp.text[:200]}"
+    page = test_client.get("/quotes-view/", headers={"Authorization": f"Bearer {token}"})
+    assert 'id="last-price"' in page.text and "vendor/uPlot.iife.min.js" in page.text
+    uplot = test_client.get(
+        "/quotes-view/static/vendor/uPlot.iife.min.js", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert uplot.status_code == 200 and "uPlot" in uplot.text[:200], "run `npm ci` in plugins/quotes_view"
+    # The Airflow UI's iframe sends no header, only the session cookie set at login.
+    test_client.cookies.set("_token", token)
+    try:
+        assert test_client.get("/quotes-view/api/symbols").status_code == 200
+    finally:
+        test_client.cookies.clear()
+
+
+def test_latest_is_the_newest_record_and_the_newest_document(client, pipeline_data) -> None:
+    test_client, token = client
+    resp = test_client.get(
+        f"/quotes-view/api/latest?symbol={SOL}&symbol={BTC}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 200, resp.text
+    latest = resp.json()["latest"]
+    newest_sol, newest_indexed_sol = pipeline_data["sol"][-1], pipeline_data["sol"][SOL_INDEXED - 1]
+    sol = latest[SOL]
+    assert sol["from"] == "kafka" and sol["kafka_error"] is None
+    for name in ("price", "change", "change_percent", "volume", "event_time", "received_at", "offset"):
+        assert sol["quote"][name] == newest_sol[name], name
+        assert sol["indexed"][name] == newest_indexed_sol[name], name
+    btc = latest[BTC]
+    assert btc["from"] == "elasticsearch"
+    assert btc["quote"]["price"] == pipeline_data["btc"][-1]["price"]
+    assert btc["quote"]["offset"] == pipeline_data["btc"][-1]["offset"]
+
+
+def test_chart_is_es_buckets_then_the_unindexed_kafka_ticks(client, pipeline_data) -> None:
+    test_client, token = client
+    resp = test_client.get(
+        f"/quotes-view/api/chart?symbol={SOL}&range=15m", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 200, resp.text
+    chart = resp.json()
+    assert chart["bucket_s"] == 5 and chart["range_s"] == 900
+    from include.quoteflow.liveview.service import epoch_ms
+
+    buckets: dict[int, tuple[int, float]] = {}
+    for quote in pipeline_data["sol"][:SOL_INDEXED]:
+        t = epoch_ms(quote["received_at"])
+        buckets[t // 5000] = max(buckets.get(t // 5000, (0, 0.0)), (t, quote["price"]))
+    expected = [buckets[k] for k in sorted(buckets)]
+    expected += [(epoch_ms(q["received_at"]), q["price"]) for q in pipeline_data["sol"][SOL_INDEXED:]]
+    assert chart["indexed_points"] == len(buckets) < SOL_INDEXED  # aggregated, not one point per document
+    assert list(zip(chart["t"], chart["price"], strict=True)) == expected
+
+
+def test_health_reports_lag_dead_letters_and_tick_age(client, pipeline_data) -> None:
+    test_client, token = client
+    before = time.time()
+    resp = test_client.get(
+        f"/quotes-view/api/health?symbol={SOL}&symbol={BTC}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 200, resp.text
+    health = resp.json()
+    lag = {p["partition"]: p for p in health["lag"]}
+    assert lag[0] == {
+        "partition": 0,
+        "end_offset": SOL_RECORDS,
+        "committed": SOL_INDEXED,
+        "lag": SOL_RECORDS - SOL_INDEXED,
+    }
+    assert lag[1]["lag"] == 0 and health["lag_total"] == SOL_RECORDS - SOL_INDEXED
+    assert health["dead_letters_last_hour"] == 2
+    from include.quoteflow.liveview.service import epoch_ms
+
+    expected_age = before - epoch_ms(pipeline_data["sol"][-1]["received_at"]) / 1000
+    assert expected_age - 1 < health["tick_age_s"][SOL] < expected_age + 5
+    assert set(health["airflow"]) == {"producer", "indexer_latest", "indexer_last_finished"}
+
+
+def test_bad_range_is_a_422_naming_the_format(client, pipeline_data) -> None:
+    test_client, token = client
+    resp = test_client.get(
+        f"/quotes-view/api/chart?symbol={SOL}&range=soon", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status_code == 422 and "15m" in resp.json()["detail"]
