@@ -1,0 +1,508 @@
+"""docker-compose.yaml, Dockerfile and .env.example, checked without Docker (CI has none).
+
+What can be known from the files alone: the compose file is valid Compose (against the Compose
+Specification's JSON schema as shipped by the pinned check-jsonschema package), every variable it
+interpolates is documented, the image installs what requirements.txt pins, the connections parse
+as Airflow connections, nothing listens beyond loopback, and the startup order is sound.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+from jsonschema.validators import validator_for
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+ONE_SHOT = {"airflow-init", "es-setup", "quotes-setup"}
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "quotes-setup",
+}
+PIPELINE_DAGS = ("quotes_producer", "quotes_indexer", "quotes_reconcile")
+STACK_VERSION = "9.2.0"
+
+
+# ---------------------------------------------------------------- Compose interpolation (the spec's rules)
+
+_TOKEN = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
+_BRACED = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>.*))?", re.DOTALL)
+
+
+class MissingVariable(LookupError):
+    """A ``${VAR:?message}`` whose variable is unset or empty: Compose refuses to start."""
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """``text`` with ``$$``, ``$VAR`` and ``${VAR[:-?+]arg}`` resolved as Compose does."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        if name := match.group("named"):
+            return env.get(name, "")
+        braced = _BRACED.fullmatch(match.group("braced"))
+        if braced is None:
+            raise ValueError(f"invalid interpolation {match.group(0)!r}")
+        name, op, arg = braced.group("name", "op", "arg")
+        value = env.get(name)
+        if op is None:
+            return value or ""
+        unset = value is None if op in ("-", "?", "+") else not value
+        if op.endswith("-"):
+            return arg if unset else value
+        if op.endswith("+"):
+            return "" if unset else arg
+        if unset:
+            raise MissingVariable(f"{name}: {arg}")
+        return value
+
+    return _TOKEN.sub(replace, text)
+
+
+def referenced_variables(text: str) -> set[str]:
+    """Names of the variables a string interpolates (``$$`` is an escaped dollar, not a variable)."""
+    names = set()
+    for match in _TOKEN.finditer(text):
+        if match.group("named"):
+            names.add(match.group("named"))
+        elif match.group("braced"):
+            braced = _BRACED.fullmatch(match.group("braced"))
+            assert braced is not None, f"invalid interpolation {match.group(0)!r}"
+            names.add(braced.group("name"))
+    return names
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string value in a parsed YAML document (Compose interpolates values, not keys)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, Mapping):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+def resolve(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, Mapping):
+        return {key: resolve(value, env) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve(value, env) for value in node]
+    return node
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def raw_compose() -> dict[str, Any]:
+    """docker-compose.yaml as YAML (anchors and merge keys resolved), before interpolation."""
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def env_example() -> dict[str, str]:
+    values = dotenv_values(ENV_EXAMPLE)
+    return {key: value or "" for key, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def filled_env(env_example: dict[str, str]) -> dict[str, str]:
+    """.env.example with the secrets it leaves blank filled in, as a user is told to."""
+    from cryptography.fernet import Fernet
+
+    env = dict(env_example)
+    env["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
+    env["AIRFLOW_JWT_SECRET"] = "a-jwt-secret-made-up-for-the-test"
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose(raw_compose: dict[str, Any], filled_env: dict[str, str]) -> dict[str, Any]:
+    """docker-compose.yaml as Compose sees it with that .env."""
+    return resolve(raw_compose, filled_env)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+# ---------------------------------------------------------------- (1) the Compose Specification schema
+
+
+def compose_spec_schema() -> tuple[dict[str, Any], str]:
+    """The Compose Specification schema vendored in the installed check-jsonschema package."""
+    vendor = resources.files("check_jsonschema") / "builtin_schemas" / "vendor"
+    raw = (vendor / "compose-spec.json").read_bytes()
+    expected = (vendor / "sha256" / "compose-spec.sha256").read_text().split()[0]
+    assert hashlib.sha256(raw).hexdigest() == expected, "compose-spec.json differs from the package's own checksum"
+    return json.loads(raw), metadata.version("check-jsonschema")
+
+
+def schema_errors(document: Mapping[str, Any]) -> list[str]:
+    schema, _ = compose_spec_schema()
+    validator_cls = validator_for(schema)
+    validator_cls.check_schema(schema)
+    errors = validator_cls(schema).iter_errors(document)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+
+
+def test_schema_comes_from_the_pinned_package() -> None:
+    schema, version = compose_spec_schema()
+    pins = (ROOT / "requirements-dev.txt").read_text() + (ROOT / "constraints.txt").read_text()
+    assert f"check-jsonschema=={version}" in pins
+    assert schema["title"] == "Compose Specification"
+
+
+def test_compose_file_validates_against_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+def test_the_schema_check_rejects_a_broken_file(compose: dict[str, Any]) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["kafka"]["helthcheck"] = broken["services"]["kafka"].pop("healthcheck")
+    broken["services"]["postgres"]["ports"] = {"5432": "5432"}
+    errors = schema_errors(broken)
+    assert any("helthcheck" in error for error in errors), errors
+    assert any(error.startswith("services/postgres/ports") for error in errors), errors
+
+
+# ---------------------------------------------------------------- (2) variables and .env.example
+
+
+def test_every_referenced_variable_is_documented(raw_compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    referenced = set().union(*(referenced_variables(s) for s in strings(raw_compose)))
+    assert referenced, "the compose file interpolates nothing: the scan is broken"
+    assert sorted(referenced - set(env_example)) == []
+    assert sorted(set(env_example) - referenced) == [], ".env.example documents variables the compose file never uses"
+
+
+def test_every_variable_in_env_example_has_a_comment() -> None:
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert "=" in line, f".env.example line {number + 1} is not KEY=value: {line!r}"
+            assert number > 0 and lines[number - 1].startswith("# "), f"{line.split('=')[0]} has no comment above it"
+
+
+def test_placeholder_passwords_are_safe_inside_json_and_urls(env_example: dict[str, str]) -> None:
+    secrets = {k: v for k, v in env_example.items() if k.endswith(("_PASSWORD", "_KEY", "_SECRET"))}
+    assert {"ELASTIC_PASSWORD", "KIBANA_PASSWORD", "POSTGRES_PASSWORD", "AIRFLOW_ADMIN_PASSWORD"} <= set(secrets)
+    for name, value in secrets.items():
+        assert re.fullmatch(r"[A-Za-z0-9._-]*", value), f"{name}={value!r} would break a JSON string or URL"
+    assert len(env_example["KIBANA_ENCRYPTION_KEY"]) >= 32
+
+
+def test_blank_secrets_stop_compose_with_a_message(raw_compose: dict[str, Any], env_example: dict[str, str]) -> None:
+    """`cp .env.example .env` without generating the keys fails at once, naming the variable."""
+    blank = sorted(k for k, v in env_example.items() if not v)
+    assert blank == ["AIRFLOW_CONN_TRADINGVIEW_DEFAULT", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET"]
+    with pytest.raises(MissingVariable, match="AIRFLOW_FERNET_KEY|AIRFLOW_JWT_SECRET"):
+        resolve(raw_compose, env_example)
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("$$HOME ${SET} $SET ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} ${SET:+y}", env) == "$HOME x x d  d y"
+    with pytest.raises(MissingVariable, match="EMPTY: say so"):
+        interpolate("${EMPTY:?say so}", env)
+    assert referenced_variables("$${NOT_A_VAR} ${A:-1} $B") == {"A", "B"}
+
+
+# ---------------------------------------------------------------- (3) the image
+
+
+def dockerfile_args_and_from() -> tuple[dict[str, str], str]:
+    args: dict[str, str] = {}
+    for line in DOCKERFILE.read_text().splitlines():
+        if match := re.fullmatch(r"ARG (\w+)=(\S+)", line.strip()):
+            args[match.group(1)] = match.group(2)
+        elif line.startswith("FROM "):
+            return args, line.split()[1]
+    raise AssertionError("Dockerfile has no FROM")
+
+
+def test_image_is_the_pinned_airflow_on_the_constraints_python() -> None:
+    args, image = dockerfile_args_and_from()
+    resolved = interpolate(image, args)
+    pin = re.search(r"^apache-airflow==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert pin is not None
+    frozen_on = re.search(r"on Python (\d+\.\d+)", (ROOT / "constraints.txt").read_text().splitlines()[0])
+    assert frozen_on is not None
+    assert resolved == f"apache/airflow:{pin.group(1)}-python{frozen_on.group(1)}"
+
+
+def test_image_installs_requirements_with_the_constraints() -> None:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    copy_line = next(line for line in text.splitlines() if line.startswith("COPY "))
+    assert {"requirements.txt", "constraints.txt"} <= set(copy_line.split()[1:-1])
+    dest = copy_line.split()[-1]
+    install = next(line for line in text.splitlines() if line.startswith("RUN ") and "pip install" in line)
+    words = install.split()
+    assert words[words.index("-r") + 1] == f"{dest}requirements.txt"
+    assert words[words.index("-c") + 1] == f"{dest}constraints.txt"
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in words
+    assert "--no-cache-dir" in words
+
+
+def test_build_context_holds_the_dependency_files_and_no_secrets(raw_compose: dict[str, Any]) -> None:
+    def included(path: str) -> bool:
+        verdict = True
+        for pattern in DOCKERIGNORE.read_text().splitlines():
+            pattern = pattern.strip()
+            if not pattern or pattern.startswith("#"):
+                continue
+            negated = pattern.startswith("!")
+            if Path(path).match(pattern.lstrip("!")):
+                verdict = negated
+        return verdict
+
+    assert included("requirements.txt") and included("constraints.txt")
+    assert not any(included(p) for p in (".env", ".venv", ".state", ".git", "dags"))
+    assert raw_compose["x-airflow-common"]["build"] == "."
+
+
+# ---------------------------------------------------------------- (4) connections
+
+
+def test_connections_parse_as_airflow_connections(services: dict[str, Any], filled_env: dict[str, str]) -> None:
+    from airflow.models.connection import Connection
+
+    from include.quoteflow.settings import connection_from_env, elasticsearch_client_args, kafka_config
+
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        conns = {k.removeprefix("AIRFLOW_CONN_").lower(): v for k, v in env.items() if k.startswith("AIRFLOW_CONN_")}
+        assert set(conns) == {"kafka_default", "elasticsearch_default", "kibana_default", "tradingview_default"}, name
+        parsed = {cid: Connection.from_json(v, conn_id=cid) for cid, v in conns.items() if v}
+
+        kafka = parsed["kafka_default"]
+        assert kafka.conn_type == "kafka"
+        assert kafka.extra_dejson == {
+            "bootstrap.servers": "kafka:19092",
+            "group.id": "quoteflow-indexer",
+            "enable.auto.commit": False,
+        }
+        es = parsed["elasticsearch_default"]
+        assert (es.conn_type, es.host, es.port, es.schema) == ("elasticsearch", "elasticsearch", 9200, "http")
+        assert (es.login, es.password) == ("elastic", filled_env["ELASTIC_PASSWORD"])
+        kibana = parsed["kibana_default"]
+        assert (kibana.conn_type, kibana.host, kibana.port, kibana.schema) == ("http", "kibana", 5601, "http")
+        assert (kibana.login, kibana.password) == ("elastic", filled_env["ELASTIC_PASSWORD"])
+        assert "tradingview_default" not in parsed, "an empty AIRFLOW_CONN_TRADINGVIEW_DEFAULT stays undefined"
+
+        # The library reads the same JSON and builds clients for the containers' addresses.
+        assert kafka_config(connection_from_env("kafka_default", env).extra)["bootstrap.servers"] == "kafka:19092"
+        es_args = elasticsearch_client_args(connection_from_env("elasticsearch_default", env))
+        assert es_args["hosts"] == ["http://elasticsearch:9200"]
+        assert es_args["basic_auth"] == ("elastic", filled_env["ELASTIC_PASSWORD"])
+
+
+def test_connection_hosts_are_services_on_their_container_ports(services: dict[str, Any]) -> None:
+    kafka_env = environment(services["kafka"])
+    assert "PLAINTEXT://kafka:19092" in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "PLAINTEXT://:19092" in kafka_env["KAFKA_LISTENERS"].split(",")
+    assert any(p.endswith(":9200") for p in services["elasticsearch"]["ports"])
+    assert any(p.endswith(":5601") for p in services["kibana"]["ports"])
+
+
+def test_an_empty_connection_variable_means_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.secrets.environment_variables import EnvironmentVariablesBackend
+
+    monkeypatch.setenv("AIRFLOW_CONN_TRADINGVIEW_DEFAULT", "")
+    assert EnvironmentVariablesBackend().get_connection("tradingview_default") is None
+
+
+# ---------------------------------------------------------------- (5) loopback only
+
+
+def test_every_published_port_is_bound_to_loopback(services: dict[str, Any]) -> None:
+    published = {}
+    for name, service in services.items():
+        assert service.get("network_mode") != "host", name
+        for port in service.get("ports", []):
+            if isinstance(port, Mapping):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+                published[int(port["published"])] = name
+            else:
+                parts = str(port).split(":")
+                assert len(parts) == 3 and parts[0] == "127.0.0.1", f"{name}: {port} is not 127.0.0.1:HOST:CONTAINER"
+                published[int(parts[1])] = name
+    assert published == {8080: "airflow-apiserver", 9092: "kafka", 9200: "elasticsearch", 5601: "kibana"}
+
+
+def test_kafka_advertises_the_published_host_port(services: dict[str, Any]) -> None:
+    kafka = services["kafka"]
+    host_port = kafka["ports"][0].split(":")[1]
+    assert f"PLAINTEXT_HOST://127.0.0.1:{host_port}" in environment(kafka)["KAFKA_ADVERTISED_LISTENERS"].split(",")
+
+
+# ---------------------------------------------------------------- (6) healthchecks and start order
+
+
+def test_long_running_services_have_healthchecks_and_restart(services: dict[str, Any]) -> None:
+    assert ONE_SHOT <= set(services)
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart", "no") == "no", f"{name} is one-shot and must not restart"
+            assert "ports" not in service and "healthcheck" not in service, name
+            continue
+        check = service.get("healthcheck")
+        assert check and not check.get("disable") and check.get("test"), f"{name} has no healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert service.get("restart") == "always", name
+
+
+def test_depends_on_targets_exist_with_sound_conditions(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for target, condition in depends_on(service).items():
+            assert target in services, f"{name} depends on undefined service {target}"
+            if condition == "service_completed_successfully":
+                assert target in ONE_SHOT, f"{name} waits for {target} to exit, but it runs forever"
+            else:
+                assert condition == "service_healthy", f"{name} → {target}: use service_healthy"
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s health, which it lacks"
+    # No cycles: repeatedly remove services whose dependencies are all started.
+    pending = {name: set(depends_on(s)) for name, s in services.items()}
+    while pending:
+        ready = [name for name, deps in pending.items() if not deps & pending.keys()]
+        assert ready, f"dependency cycle among {sorted(pending)}"
+        for name in ready:
+            del pending[name]
+
+
+def test_quotes_setup_waits_for_the_whole_stack(services: dict[str, Any]) -> None:
+    deps = depends_on(services["quotes-setup"])
+    long_running = set(services) - ONE_SHOT
+    assert {t for t, c in deps.items() if c == "service_healthy"} == long_running
+    assert deps["airflow-init"] == "service_completed_successfully"
+    assert depends_on(services["kibana"])["es-setup"] == "service_completed_successfully"
+
+
+# ---------------------------------------------------------------- the stack's shape
+
+
+def test_airflow_runs_local_executor_with_project_mounts(services: dict[str, Any], filled_env: dict[str, str]) -> None:
+    assert not {"redis", "airflow-worker", "flower"} & set(services)
+    for name in AIRFLOW_SERVICES:
+        service = services[name]
+        env = environment(service)
+        assert service["build"] == "." and service["image"] == filled_env["AIRFLOW_IMAGE_NAME"], name
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false"
+        assert env["AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME"] == "86400"
+        assert env["AIRFLOW__CORE__FERNET_KEY"] == filled_env["AIRFLOW_FERNET_KEY"]
+        assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == filled_env["AIRFLOW_JWT_SECRET"]
+        assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres/airflow")
+        assert env["PYTHONPATH"] == "/opt/airflow"
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
+        for folder in ("dags", "include", "plugins", "kibana"):
+            assert mounts[f"/opt/airflow/{folder}"] == f"./{folder}", f"{name} does not mount {folder}/"
+            assert (ROOT / folder).is_dir()
+    commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES}
+    assert commands["airflow-apiserver"] == "api-server" and commands["airflow-scheduler"] == "scheduler"
+    assert commands["airflow-dag-processor"] == "dag-processor" and commands["airflow-triggerer"] == "triggerer"
+
+
+def test_airflow_init_migrates_and_writes_the_admin_password(services: dict[str, Any], filled_env) -> None:
+    init = services["airflow-init"]
+    env = environment(init)
+    assert env["_AIRFLOW_DB_MIGRATE"] == "true"
+    assert env["AIRFLOW_ADMIN_PASSWORD"] == filled_env["AIRFLOW_ADMIN_PASSWORD"]
+    script = init["command"][-1]
+    assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in script and "AIRFLOW_ADMIN_PASSWORD" in script
+    assert filled_env["AIRFLOW_ADMIN_PASSWORD"] not in script, "the password must not be baked into the command"
+    assert "AIRFLOW_ADMIN_PASSWORD" not in environment(services["airflow-apiserver"])
+
+
+def test_kafka_is_a_single_kraft_node(services: dict[str, Any]) -> None:
+    kafka = services["kafka"]
+    env = environment(kafka)
+    assert kafka["image"] == "apache/kafka:4.1.1"
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    factors = {k: v for k, v in env.items() if k.endswith(("REPLICATION_FACTOR", "MIN_ISR"))}
+    assert len(factors) >= 5 and set(factors.values()) == {"1"}
+
+
+def test_elastic_stack_is_one_version_with_security_on(services: dict[str, Any], filled_env) -> None:
+    es, kibana = services["elasticsearch"], services["kibana"]
+    assert es["image"] == f"docker.elastic.co/elasticsearch/elasticsearch:{STACK_VERSION}"
+    assert services["es-setup"]["image"] == es["image"]
+    assert kibana["image"] == f"docker.elastic.co/kibana/kibana:{STACK_VERSION}"
+    es_env, kibana_env, setup_env = (environment(services[n]) for n in ("elasticsearch", "kibana", "es-setup"))
+    assert es_env["xpack.security.enabled"] == "true"
+    assert es_env["ELASTIC_PASSWORD"] == filled_env["ELASTIC_PASSWORD"]
+    assert kibana_env["ELASTICSEARCH_USERNAME"] == "kibana_system"
+    assert kibana_env["ELASTICSEARCH_PASSWORD"] == setup_env["KIBANA_PASSWORD"] == filled_env["KIBANA_PASSWORD"]
+    assert kibana_env["XPACK_ENCRYPTEDSAVEDOBJECTS_ENCRYPTIONKEY"] == filled_env["KIBANA_ENCRYPTION_KEY"]
+    assert "/_security/user/kibana_system/_password" in services["es-setup"]["command"][-1]
+
+
+def test_quotes_setup_runs_quotes_setup_then_unpauses_the_pipeline(services: dict[str, Any]) -> None:
+    script = services["quotes-setup"]["command"][-1]
+    trigger = script.index("airflow dags trigger quotes_setup")
+    wait = script.index("list-runs quotes_setup")
+    unpause = script.index("for dag in " + " ".join(PIPELINE_DAGS))
+    assert trigger < wait < unpause
+    assert 'airflow dags unpause "$dag"' in script
+
+
+def shell_scripts(services: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    for name, service in services.items():
+        command = service.get("command")
+        if isinstance(command, list) and "-c" in command:
+            yield name, "bash", command[command.index("-c") + 1]
+        test = (service.get("healthcheck") or {}).get("test")
+        if test and test[0] == "CMD-SHELL":
+            yield f"{name} healthcheck", "sh", test[1]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_shell_scripts_parse(services: dict[str, Any]) -> None:
+    scripts = list(shell_scripts(services))
+    assert len(scripts) >= 6
+    for name, shell, script in scripts:
+        result = subprocess.run([shell, "-n", "-c", script], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
