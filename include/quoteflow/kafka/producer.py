@@ -25,6 +25,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 500_000,
     "queue.buffering.max.kbytes": 262_144,
     "message.timeout.ms": 300_000,
+    # Come back quickly after a broker restart instead of librdkafka's 10 s reconnect ceiling.
+    "reconnect.backoff.max.ms": 2_000,
     "client.id": "quoteflow-producer",
 }
 PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
