@@ -44,6 +44,7 @@ class IndexSummary:
     indexed: int = 0
     dead_lettered: int = 0
     retries: int = 0
+    bulk_requests: int = 0
     elapsed_s: float = 0.0
     lag_records: int = 0
     committed: dict[int, int] = field(default_factory=dict)
@@ -65,6 +66,7 @@ class IndexSummary:
             total.indexed += int(part["indexed"])
             total.dead_lettered += int(part["dead_lettered"])
             total.retries += int(part["retries"])
+            total.bulk_requests += int(part.get("bulk_requests", 0))
             total.elapsed_s = max(total.elapsed_s, float(part["elapsed_s"]))
             total.lag_records += int(part["lag_records"])
             total.ranges.extend(part["ranges"])
@@ -195,6 +197,7 @@ def index_ranges(
         dlq.flush()
         summary.indexed = stats.indexed
         summary.retries = stats.retries
+        summary.bulk_requests = stats.requests
         summary.dead_lettered = dlq.sent
         summary.dead_letter_reasons = reasons
         if summary.indexed + summary.dead_lettered != summary.read:
@@ -273,3 +276,34 @@ def index_window(
         label=f"window [{start.isoformat()}, {end.isoformat()}) of {topic} ({lag_s:.0f}s after its end)",
     )
     return summary
+
+
+def finish_window(
+    kafka_config: Mapping[str, Any],
+    summaries: Iterable[Mapping[str, Any]],
+    start: datetime,
+    end: datetime,
+    *,
+    topic: str = QUOTES_TOPIC,
+    group_id: str = CONSUMER_GROUP,
+) -> dict[str, Any]:
+    """After every partition group succeeded: commit the window's ends and log the one summary line."""
+    total = IndexSummary.merge(summaries)
+    total.committed = commit_window(kafka_config, total.ranges, group_id=group_id)
+    lag_s = max(0.0, (datetime.now(UTC) - end).total_seconds())
+    logger.info(
+        "window [%s, %s) of %s: read=%s indexed=%s dead_lettered=%s retries=%s elapsed=%.2fs "
+        "lag=%s records, %.0fs behind; committed=%s",
+        start.isoformat(),
+        end.isoformat(),
+        topic,
+        total.read,
+        total.indexed,
+        total.dead_lettered,
+        total.retries,
+        total.elapsed_s,
+        total.lag_records,
+        lag_s,
+        total.committed,
+    )
+    return {**total.to_dict(), "lag_seconds": round(lag_s, 1)}

@@ -1,0 +1,114 @@
+"""
+### quotes_backfill — re-index an exact range of the quotes topic
+
+Pick a topic, partitions (empty = all), a mode — **offsets** (`start`/`end` are offsets, end exclusive)
+or **time** (`start`/`end` are ISO-8601 datetimes, end exclusive, resolved with `offsets_for_times`) —
+and optionally `dry_run` to only see the resolved ranges. The range is read with `assign()` under a
+separate consumer group and no offset is committed, so the live windows' bookkeeping never moves.
+Documents keep their `_id = <topic>-<partition>-<offset>`, so overlapping data is rewritten, never
+duplicated. A range Kafka no longer retains is refused, and the error names the available range.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from _shared.connections import connection_info
+from airflow.sdk import Param, dag, task
+
+KAFKA_CONN_ID = "kafka_default"
+ELASTICSEARCH_CONN_ID = "elasticsearch_default"
+
+
+@dag(
+    dag_id="quotes_backfill",
+    schedule=None,
+    start_date=datetime(2026, 11, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=2,
+    tags=["quoteflow", "indexer", "backfill"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
+    params={
+        "topic": Param(
+            "quotes.tradingview", type="string", minLength=1, title="Topic", description="The Kafka topic to re-read."
+        ),
+        "partitions": Param(
+            [],
+            type="array",
+            items={"type": "integer", "minimum": 0},
+            title="Partitions",
+            description="Partition numbers to re-index; leave empty for all partitions.",
+        ),
+        "mode": Param(
+            "offsets",
+            type="string",
+            enum=["offsets", "time"],
+            title="Mode",
+            values_display={"offsets": "Offset range", "time": "Time range (ISO-8601)"},
+            description="Whether start and end are offsets or datetimes.",
+        ),
+        "start": Param(
+            "0",
+            type="string",
+            minLength=1,
+            title="Start (inclusive)",
+            description="First offset (offsets mode) or ISO-8601 datetime, e.g. 2026-11-28T03:00:00Z.",
+        ),
+        "end": Param(
+            "1",
+            type="string",
+            minLength=1,
+            title="End (exclusive)",
+            description="Offset after the last one (offsets mode) or ISO-8601 datetime (time mode).",
+        ),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run", description="Only resolve and report the ranges; index nothing."
+        ),
+        "dlq_topic": Param("quotes.tradingview.dlq", type="string", minLength=1, title="Dead-letter topic"),
+        "index_prefix": Param("quotes-tradingview-", type="string", minLength=1, title="Index prefix"),
+        "group_id": Param(
+            "quoteflow-indexer",
+            type="string",
+            minLength=1,
+            title="Live consumer group",
+            description="Backfills read as '<group>-backfill' and never commit.",
+        ),
+    },
+)
+def quotes_backfill():
+    @task
+    def run_backfill(params=None) -> dict:
+        """Resolve the requested range and re-index it (or only report it on a dry run)."""
+        from airflow.sdk.exceptions import AirflowFailException
+        from elasticsearch import Elasticsearch
+
+        from include.quoteflow.backfill import backfill
+        from include.quoteflow.indexer import parse_bound
+        from include.quoteflow.settings import ConfigError, elasticsearch_client_args, kafka_config
+
+        try:
+            if params["mode"] == "offsets":
+                start, end = int(params["start"]), int(params["end"])
+            else:
+                start, end = parse_bound(params["start"]), parse_bound(params["end"])
+            return backfill(
+                kafka_config(connection_info(KAFKA_CONN_ID).extra),
+                Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))),
+                mode=params["mode"],
+                start=start,
+                end=end,
+                partitions=params["partitions"] or None,
+                topic=params["topic"],
+                dlq_topic=params["dlq_topic"],
+                index_prefix=params["index_prefix"],
+                group_id=params["group_id"],
+                dry_run=bool(params["dry_run"]),
+            )
+        except (ConfigError, ValueError) as exc:  # a wrong request: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
+
+    run_backfill()
+
+
+quotes_backfill()

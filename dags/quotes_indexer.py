@@ -1,0 +1,134 @@
+"""
+### quotes_indexer — Kafka → Elasticsearch in 30-second windows
+
+Every run owns its data interval `[data_interval_start, data_interval_end)`:
+
+1. **plan** turns the window into per-partition offset ranges with `offsets_for_times`
+   (the topic's timestamps are `LogAppendTime`, so they only grow) and splits them into
+   `partition_groups` groups. It refuses to run, saying how to fix it, if the topic is not
+   `LogAppendTime`.
+2. **index_group** (one mapped task per group) `assign()`s its ranges, reads exactly them,
+   indexes with `_id = <topic>-<partition>-<offset>` and dead-letters invalid records and mapping
+   rejections with origin and reason. Elasticsearch outages and 429s are retried with capped,
+   jittered backoff inside `retry_budget_s`; then the task fails and nothing is committed.
+3. **finish** commits the group's offsets (for lag tools only) and logs one summary line.
+
+Re-running any run rewrites the same documents: no duplicates, no loss. `catchup` and
+`airflow backfill create` re-process missed windows; `quotes_backfill` re-indexes arbitrary ranges.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from _shared.connections import connection_info
+from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
+
+KAFKA_CONN_ID = "kafka_default"
+ELASTICSEARCH_CONN_ID = "elasticsearch_default"
+# Catchup starts here; set it to the deployment time so a fresh install does not replay days of empty windows.
+START_DATE = datetime.fromisoformat(os.environ.get("QUOTEFLOW_INDEXER_START_DATE", "2026-11-28T00:00:00+00:00"))
+
+
+@dag(
+    dag_id="quotes_indexer",
+    schedule=DeltaDataIntervalTimetable(timedelta(seconds=30)),
+    start_date=START_DATE if START_DATE.tzinfo else START_DATE.replace(tzinfo=UTC),
+    catchup=True,
+    # One window at a time: committed offsets then always mark a completed prefix of the log.
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=10),
+    tags=["quoteflow", "indexer"],
+    doc_md=__doc__,
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(seconds=10),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=2),
+        "execution_timeout": timedelta(minutes=8),
+    },
+    params={
+        "partition_groups": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Partition groups",
+            description="How many mapped indexing tasks share the window's partitions.",
+        ),
+        "topic": Param("quotes.tradingview", type="string", minLength=1, title="Quotes topic"),
+        "dlq_topic": Param("quotes.tradingview.dlq", type="string", minLength=1, title="Dead-letter topic"),
+        "index_prefix": Param("quotes-tradingview-", type="string", minLength=1, title="Index prefix"),
+        "group_id": Param("quoteflow-indexer", type="string", minLength=1, title="Consumer group (for lag tools)"),
+        "retry_budget_s": Param(
+            120,
+            type="number",
+            minimum=1,
+            title="Retry budget (s)",
+            description="How long one bulk chunk may retry Elasticsearch outages and 429s before the task fails.",
+        ),
+    },
+)
+def quotes_indexer():
+    @task
+    def plan(data_interval_start=None, data_interval_end=None, params=None) -> list[list[dict]]:
+        """The window's offset ranges, split into partition groups."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.quoteflow.indexer import plan_window
+        from include.quoteflow.settings import ConfigError, kafka_config
+
+        try:
+            return plan_window(
+                kafka_config(connection_info(KAFKA_CONN_ID).extra),
+                data_interval_start,
+                data_interval_end,
+                topic=params["topic"],
+                groups=params["partition_groups"],
+                group_id=params["group_id"],
+            )
+        except ConfigError as exc:  # retrying cannot fix configuration
+            raise AirflowFailException(str(exc)) from exc
+
+    @task
+    def index_group(ranges: list[dict], params=None) -> dict:
+        """Index exactly these offset ranges (or dead-letter their bad records)."""
+        from elasticsearch import Elasticsearch
+
+        from include.quoteflow.elastic.bulk import RetryPolicy
+        from include.quoteflow.indexer import index_ranges
+        from include.quoteflow.settings import elasticsearch_client_args, kafka_config
+
+        es = Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID)))
+        summary = index_ranges(
+            kafka_config(connection_info(KAFKA_CONN_ID).extra),
+            es,
+            ranges,
+            dlq_topic=params["dlq_topic"],
+            index_prefix=params["index_prefix"],
+            group_id=params["group_id"],
+            retry=RetryPolicy(budget_s=float(params["retry_budget_s"])),
+            label=f"partitions {[r['partition'] for r in ranges]}",
+        )
+        return summary.to_dict()
+
+    @task
+    def finish(summaries, data_interval_start=None, data_interval_end=None, params=None) -> dict:
+        """Commit the window's offsets (for lag tools) and log its summary line."""
+        from include.quoteflow.indexer import finish_window
+        from include.quoteflow.settings import kafka_config
+
+        return finish_window(
+            kafka_config(connection_info(KAFKA_CONN_ID).extra),
+            list(summaries),
+            data_interval_start,
+            data_interval_end,
+            topic=params["topic"],
+            group_id=params["group_id"],
+        )
+
+    finish(index_group.expand(ranges=plan()))
+
+
+quotes_indexer()

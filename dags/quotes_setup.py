@@ -1,0 +1,119 @@
+"""
+### quotes_setup — topics, index template and Kibana objects (safe to run again and again)
+
+- **kafka_topics**: creates `quotes.tradingview` (with `message.timestamp.type=LogAppendTime`, which the
+  indexer relies on) and `quotes.tradingview.dlq`, or brings existing ones in line — partitions can
+  only grow — and logs what changed.
+- **es_template**: the composable index template `quotes` for `quotes-*` (`dynamic: strict`, doubles,
+  keywords, `@timestamp`, `kafka.*`; core Elasticsearch features only).
+- **kibana_objects**: through the `kibana_default` connection, waits for Kibana, creates or updates the
+  data view `quotes-*` and imports `kibana/*.ndjson` with overwrite. Without that connection it logs
+  that Kibana was skipped and succeeds.
+
+A second run changes nothing and says so in each task's log and return value.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from _shared.connections import connection_info
+from airflow.sdk import Param, dag, task
+
+KAFKA_CONN_ID = "kafka_default"
+ELASTICSEARCH_CONN_ID = "elasticsearch_default"
+KIBANA_CONN_ID = "kibana_default"
+
+
+@dag(
+    dag_id="quotes_setup",
+    schedule=None,
+    start_date=datetime(2026, 11, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["quoteflow", "setup"],
+    doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=15)},
+    params={
+        "partitions": Param(
+            3,
+            type="integer",
+            minimum=1,
+            maximum=256,
+            title="Partitions",
+            description="Partitions of the quotes and dead-letter topics (can only grow).",
+        ),
+        "retention_hours": Param(
+            72,
+            type="number",
+            minimum=1,
+            title="Quotes retention (hours)",
+            description="How long Kafka keeps quotes: the horizon for re-runs and backfills.",
+        ),
+        "dlq_retention_days": Param(
+            30,
+            type="number",
+            minimum=1,
+            title="Dead-letter retention (days)",
+            description="How long dead letters stay available for inspection and replay.",
+        ),
+        "replication_factor": Param(
+            1,
+            type="integer",
+            minimum=1,
+            title="Replication factor",
+            description="For new topics only; 1 on a single local broker.",
+        ),
+        "topic": Param("quotes.tradingview", type="string", minLength=1, title="Quotes topic"),
+        "dlq_topic": Param("quotes.tradingview.dlq", type="string", minLength=1, title="Dead-letter topic"),
+        "kibana_timeout_s": Param(
+            180,
+            type="number",
+            minimum=1,
+            title="Kibana wait (s)",
+            description="How long to wait for Kibana to report itself available.",
+        ),
+    },
+)
+def quotes_setup():
+    @task
+    def kafka_topics(params=None) -> dict:
+        """Create or align the quotes and dead-letter topics."""
+        from include.quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
+        from include.quoteflow.settings import kafka_config
+
+        admin = admin_client(kafka_config(connection_info(KAFKA_CONN_ID).extra))
+        hour_ms = 3600 * 1000
+        parts, rf = int(params["partitions"]), int(params["replication_factor"])
+        results = [
+            ensure_topic(
+                admin, quotes_topic_spec(params["topic"], parts, int(params["retention_hours"] * hour_ms), rf)
+            ),
+            ensure_topic(
+                admin, dlq_topic_spec(params["dlq_topic"], parts, int(params["dlq_retention_days"] * 24 * hour_ms), rf)
+            ),
+        ]
+        return {r.name: {"created": r.created, "changes": r.changes, "changed": r.changed} for r in results}
+
+    @task
+    def es_template() -> str:
+        """Create or update the `quotes` index template."""
+        from elasticsearch import Elasticsearch
+
+        from include.quoteflow.elastic.template import ensure_template
+        from include.quoteflow.settings import elasticsearch_client_args
+
+        return ensure_template(Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))))
+
+    @task
+    def kibana_objects(params=None) -> dict:
+        """Data view and saved objects in Kibana, or a logged skip without `kibana_default`."""
+        from include.quoteflow.kibana import setup_kibana
+
+        info = connection_info(KIBANA_CONN_ID, required=False)
+        return setup_kibana(info, timeout_s=float(params["kibana_timeout_s"]))
+
+    kafka_topics() >> es_template() >> kibana_objects()
+
+
+quotes_setup()

@@ -1,0 +1,241 @@
+"""Failures provoked by real means: kill -9 mid-window, Elasticsearch stopped, 429s from a loopback proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from include.quoteflow.elastic.bulk import ElasticsearchUnavailable, RetryPolicy
+from include.quoteflow.elastic.template import ensure_template
+from include.quoteflow.indexer import index_window
+from tests.helpers.services import service_is_up, start_service, stop_service
+from tests.integration.indexer_support import (
+    LOG_APPEND,
+    committed,
+    dead_letters,
+    es_count,
+    es_sources,
+    expected_docs,
+    produce,
+    quote_value,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix):
+    ensure_template(es_client)
+    topic = make_topic(partitions=2, config=LOG_APPEND)
+    return {
+        "cfg": {"bootstrap.servers": kafka_bootstrap},
+        "es": es_client,
+        "es_url": es_url,
+        "topic": topic,
+        "dlq": make_topic(partitions=1),
+        "prefix": fresh_index_prefix,
+        "group": f"g-{topic}",
+        "bootstrap": kafka_bootstrap,
+    }
+
+
+def _kw(env) -> dict:
+    return {"topic": env["topic"], "dlq_topic": env["dlq"], "index_prefix": env["prefix"], "group_id": env["group"]}
+
+
+def _cli(env, start: datetime, end: datetime) -> list[str]:
+    return [
+        sys.executable, "-m", "include.quoteflow", "index", "--start", start.isoformat(), "--end", end.isoformat(),
+        "--topic", env["topic"], "--dlq-topic", env["dlq"], "--index-prefix", env["prefix"], "--group", env["group"],
+    ]  # fmt: skip
+
+
+def _cli_env(env) -> dict[str, str]:
+    host, port = env["es_url"].rsplit(":", 1)
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps({"conn_type": "kafka", "extra": env["cfg"]}),
+        "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": json.dumps(
+            {"conn_type": "elasticsearch", "host": host.split("//")[1], "port": int(port)}
+        ),
+    }
+
+
+def _count_or_zero(es, prefix: str) -> int:
+    """Document count, or 0 while the first index is still starting its shard (503)."""
+    from elasticsearch import ApiError
+
+    try:
+        return es.options(max_retries=0).count(index=f"{prefix}*", allow_no_indices=True)["count"]
+    except ApiError as exc:
+        if exc.status_code != 503:
+            raise
+        return 0
+
+
+def test_kill_9_mid_window_then_rerun_is_exact(env) -> None:
+    start = datetime.now(UTC)
+    time.sleep(0.05)
+    delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(60_000)])
+    time.sleep(1.1)
+    end = datetime.now(UTC)
+    proc = subprocess.Popen(_cli(env, start, end), env=_cli_env(env), cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while _count_or_zero(env["es"], env["prefix"]) == 0:
+            assert proc.poll() is None, "the indexer finished before it could be killed"
+            assert time.monotonic() < deadline, "the indexer indexed nothing within 60 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    partial = es_count(env["es"], env["prefix"])
+    assert 0 < partial < 60_000
+    assert all(o < 0 for o in committed(env["bootstrap"], env["topic"], env["group"], 2).values())
+
+    rerun = subprocess.run(_cli(env, start, end), env=_cli_env(env), cwd=ROOT, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["command"] == "index" and summary["read"] == summary["indexed"] == 60_000
+    assert es_count(env["es"], env["prefix"]) == 60_000
+    ends = {}
+    for p, o, _, _ in delivered:
+        ends[p] = max(ends.get(p, 0), o + 1)
+    assert committed(env["bootstrap"], env["topic"], env["group"], 2) == ends
+
+
+def test_elasticsearch_stopped_fails_after_budget_commits_nothing_then_rerun_is_exact(env) -> None:
+    start = datetime.now(UTC)
+    time.sleep(0.05)
+    delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(3000)])
+    time.sleep(1.1)
+    end = datetime.now(UTC)
+    stop_service("elasticsearch")
+    try:
+        began = time.monotonic()
+        with pytest.raises(ElasticsearchUnavailable, match="retry budget") as info:
+            index_window(env["cfg"], env["es"], start, end, retry=RetryPolicy(0.2, 2.0, budget_s=6), **_kw(env))
+        took = time.monotonic() - began
+        assert 4 <= took < 40, f"failed after {took:.1f}s, expected about the 6 s budget"
+        assert "ConnectionError" in str(info.value) or "Connection" in str(info.value)
+        assert all(o < 0 for o in committed(env["bootstrap"], env["topic"], env["group"], 2).values())
+        assert dead_letters(env["bootstrap"], env["dlq"]) == []  # an outage is not the records' fault
+    finally:
+        if not service_is_up("elasticsearch"):
+            start_service("elasticsearch")
+    summary = index_window(env["cfg"], env["es"], start, end, **_kw(env))
+    assert (summary.read, summary.indexed, summary.dead_lettered) == (3000, 3000, 0)
+    docs = es_sources(env["es"], env["prefix"])
+    assert {i: (d["symbol"], d["price"]) for i, d in docs.items()} == expected_docs(env["topic"], delivered)
+
+
+class _Rejecting429Proxy:
+    """A loopback proxy to Elasticsearch that answers 429 for a share of bulk items and of whole bulk requests."""
+
+    def __init__(self, upstream: str, item_share: float, request_share: float, seed: int = 7) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.rng = random.Random(seed)
+        self.item_share, self.request_share = item_share, request_share
+        self.rejected_items = self.rejected_requests = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self, body: bytes) -> tuple[int, bytes]:
+                request = urllib.request.Request(self.upstream_url, data=body or None, method=self.command)
+                for name in ("Content-Type", "Accept"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as response:
+                        return response.status, response.read()
+                except urllib.error.HTTPError as exc:
+                    return exc.code, exc.read()
+
+            def _serve(self) -> None:
+                self.upstream_url = proxy.upstream + self.path
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.split("?")[0].endswith("/_bulk"):
+                    status, payload = proxy.bulk(self, body)
+                else:
+                    status, payload = self._forward(body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Elastic-Product", "Elasticsearch")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _serve
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bulk(self, handler, body: bytes) -> tuple[int, bytes]:
+        if self.rng.random() < self.request_share:
+            self.rejected_requests += 1
+            error = {"error": {"type": "es_rejected_execution_exception", "reason": "proxy: queue full"}, "status": 429}
+            return 429, json.dumps(error).encode()
+        lines = body.splitlines()
+        pairs = [(lines[i], lines[i + 1]) for i in range(0, len(lines), 2)]
+        keep = [self.rng.random() >= self.item_share for _ in pairs]
+        forwarded = b"".join(a + b"\n" + s + b"\n" for (a, s), k in zip(pairs, keep, strict=True) if k)
+        items = []
+        if forwarded:
+            status, payload = handler._forward(forwarded)
+            if status != 200:
+                return status, payload
+            items = json.loads(payload).get("items", [])
+        passed = iter(items)
+        merged = []
+        for keep_it in keep:
+            if keep_it:
+                merged.append(next(passed, {"index": {"status": 201}}))
+            else:
+                self.rejected_items += 1
+                merged.append(
+                    {"index": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "proxy"}}}
+                )
+        return 200, json.dumps({"errors": True, "items": merged}).encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_429s_for_items_and_requests_are_retried_counted_and_exact(env) -> None:
+    proxy = _Rejecting429Proxy(env["es_url"], item_share=0.3, request_share=0.2)
+    try:
+        start = datetime.now(UTC)
+        time.sleep(0.05)
+        delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(4000)])
+        time.sleep(1.1)
+        es = Elasticsearch(proxy.url, request_timeout=60)
+        summary = index_window(
+            env["cfg"], es, start, datetime.now(UTC), retry=RetryPolicy(0.01, 0.2, budget_s=60), **_kw(env)
+        )
+    finally:
+        proxy.close()
+    assert proxy.rejected_items > 500 and proxy.rejected_requests >= 1
+    assert summary.retries >= proxy.rejected_items
+    assert (summary.read, summary.indexed, summary.dead_lettered) == (4000, 4000, 0)
+    docs = es_sources(env["es"], env["prefix"])
+    assert {i: (d["symbol"], d["price"]) for i, d in docs.items()} == expected_docs(env["topic"], delivered)
