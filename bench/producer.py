@@ -1,0 +1,210 @@
+"""Producer throughput: synthetic feed at full speed → client → Kafka, against the seed's loop.
+
+Runs, each against a fresh ``serve-feed --synthetic --rate 0`` process on loopback and a fresh
+LogAppendTime topic on the local broker (``make services``):
+
+1. quoteflow's ``produce`` command (its own process, so its RSS is measurable) with 500 symbols,
+   on the default feed shape (several packets per websocket message);
+2. the same command on a one-packet-per-message feed;
+3. the seed's loop, reproduced faithfully: ``re.search(r"\\{.*\\}")`` over each message,
+   ``json.loads``, "No disponible" defaults, a local-clock timestamp and a Kafka ``flush()`` after
+   every quote. Its greedy regex cannot parse a message holding several packets, so it runs on the
+   one-packet-per-message feed, where it can work at all.
+
+Figures (quotes/s delivered to Kafka, ratio, peak RSS) go to bench/results.json via write_section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import write_section  # noqa: E402
+
+BOOTSTRAP = os.environ.get("QUOTEFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+SYMBOL_COUNT = 500
+RUN_SECONDS = 20.0
+BASELINE_SECONDS = 12.0
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_feed(packets_per_message: int) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "include.quoteflow", "--log-level", "WARNING", "serve-feed", "--port", str(port),
+         "--synthetic", "--symbols", str(SYMBOL_COUNT), "--rate", "0",
+         "--packets-per-message", str(packets_per_message), "--seed", "1"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    return proc, json.loads(line)["listening"]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _topic(admin) -> str:
+    from confluent_kafka.admin import NewTopic
+
+    name = f"bench.producer.{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(name, 1, 1, config={"message.timestamp.type": "LogAppendTime"})])[name].result(30)
+    return name
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def run_quoteflow(admin, symbols: list[str], packets_per_message: int) -> dict:
+    """The ``produce`` command for RUN_SECONDS; quotes/s from its own summary, RSS sampled from /proc."""
+    feed, url = _start_feed(packets_per_message)
+    topic = _topic(admin)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "include.quoteflow", "--log-level", "WARNING", "produce", "--url", url,
+             "--symbols", ",".join(symbols), "--topic", topic, "--bootstrap", BOOTSTRAP,
+             "--max-seconds", str(RUN_SECONDS)],
+            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _peak_rss_mb(proc.pid) or 0.0)
+            time.sleep(0.5)
+        assert proc.stdout is not None
+        summary = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    finally:
+        _stop(feed)
+        admin.delete_topics([topic])
+    return {
+        "quotes": summary["quotes"],
+        "seconds": summary["seconds"],
+        "quotes_per_s": round(summary["quotes"] / summary["seconds"], 1),
+        "peak_rss_mb": round(peak, 1),
+        "reconnects": summary["reconnects"],
+        "malformed_packets": summary["malformed_packets"],
+    }
+
+
+def run_seed_baseline(admin, symbols: list[str]) -> dict:
+    """The seed's loop, as it was: regex extraction, json.loads, send + flush() per quote."""
+    import websocket
+    from confluent_kafka import Producer
+
+    feed, url = _start_feed(1)
+    topic = _topic(admin)
+    delivered = 0
+    try:
+        producer = Producer({"bootstrap.servers": BOOTSTRAP})
+        ws = websocket.create_connection(url)
+        session = "qs_seedbaseline"
+
+        def send(method: str, params: list) -> None:
+            payload = json.dumps({"m": method, "p": params}, separators=(",", ":"))
+            ws.send(f"~m~{len(payload)}~m~{payload}")
+
+        send("set_auth_token", ["unauthorized_user_token"])
+        send("quote_create_session", [session])
+        send("quote_set_fields", [session, "lp", "ch", "chp", "volume"])
+        send("quote_add_symbols", [session, *symbols])
+        started = time.monotonic()
+        while time.monotonic() - started < BASELINE_SECONDS:
+            result = ws.recv()
+            if "~h~" in result:
+                ws.send("~m~4~m~~h~0")  # the seed's bare heartbeat reply
+                continue
+            match = re.search(r"\{.*\}", result)
+            if not match:
+                continue
+            try:
+                data = json.loads(match.group())
+            except json.JSONDecodeError:
+                continue
+            if data.get("m") != "qsd":
+                continue
+            body = data["p"][1]
+            values = body.get("v", {})
+            quote = {
+                "symbol": body.get("n"),
+                "price": values.get("lp", "No disponible"),
+                "change": values.get("ch", "No disponible"),
+                "change_percent": values.get("chp", "No disponible"),
+                "volume": values.get("volume", "No disponible"),
+                "timestamp": datetime.now().isoformat(),
+            }
+            producer.produce(topic, json.dumps(quote).encode(), key=str(quote["symbol"]).encode())
+            producer.flush()
+            delivered += 1
+        elapsed = time.monotonic() - started
+        ws.close()
+    finally:
+        _stop(feed)
+        admin.delete_topics([topic])
+    return {"quotes": delivered, "seconds": round(elapsed, 3), "quotes_per_s": round(delivered / elapsed, 1)}
+
+
+def main() -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from include.quoteflow.tradingview.feed_server import synthetic_universe
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    symbols = synthetic_universe(SYMBOL_COUNT)
+    print(f"producer bench: {SYMBOL_COUNT} symbols, feed at full speed, Kafka at {BOOTSTRAP}", flush=True)
+    ours = run_quoteflow(admin, symbols, packets_per_message=50)
+    print(f"  quoteflow, 50 packets/message: {ours}", flush=True)
+    ours_single = run_quoteflow(admin, symbols, packets_per_message=1)
+    print(f"  quoteflow, 1 packet/message:   {ours_single}", flush=True)
+    baseline = run_seed_baseline(admin, symbols)
+    print(f"  seed loop, 1 packet/message:   {baseline}", flush=True)
+    base_rate = max(baseline["quotes_per_s"], 1e-9)
+    figures = {
+        "symbols": SYMBOL_COUNT,
+        "quotes_per_s": ours["quotes_per_s"],
+        "quotes_per_s_single_packet_messages": ours_single["quotes_per_s"],
+        "baseline_quotes_per_s": baseline["quotes_per_s"],
+        "ratio_vs_baseline": round(ours["quotes_per_s"] / base_rate, 1),
+        "ratio_vs_baseline_same_feed_shape": round(ours_single["quotes_per_s"] / base_rate, 1),
+        "peak_rss_mb_500_symbols": ours["peak_rss_mb"],
+        "targets": {"quotes_per_s": 50_000, "ratio_vs_baseline": 20, "peak_rss_mb": 150},
+        "runs": {"quoteflow": ours, "quoteflow_single_packet": ours_single, "seed_baseline": baseline},
+        "notes": "baseline runs on 1 packet/message: the seed's greedy regex cannot parse multi-packet messages",
+    }
+    write_section("producer", figures)
+    print(json.dumps({k: v for k, v in figures.items() if k != "runs"}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench-producer"
+    sys.exit(main())
