@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ def filled_env(env_example: dict[str, str]) -> dict[str, str]:
     env = dict(env_example)
     env["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
     env["AIRFLOW_JWT_SECRET"] = "a-jwt-secret-made-up-for-the-test"
+    env["QUOTEFLOW_INDEXER_START_DATE"] = "2026-11-28T03:00:00+00:00"
     return env
 
 
@@ -235,9 +237,12 @@ def test_placeholder_passwords_are_safe_inside_json_and_urls(env_example: dict[s
 def test_blank_secrets_stop_compose_with_a_message(raw_compose: dict[str, Any], env_example: dict[str, str]) -> None:
     """`cp .env.example .env` without generating the keys fails at once, naming the variable."""
     blank = sorted(k for k, v in env_example.items() if not v)
-    assert blank == ["AIRFLOW_CONN_TRADINGVIEW_DEFAULT", "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET"]
-    with pytest.raises(MissingVariable, match="AIRFLOW_FERNET_KEY|AIRFLOW_JWT_SECRET"):
-        resolve(raw_compose, env_example)
+    must_generate = ["AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "QUOTEFLOW_INDEXER_START_DATE"]
+    assert blank == sorted(["AIRFLOW_CONN_TRADINGVIEW_DEFAULT", *must_generate])
+    for name in must_generate:
+        env = {**env_example, **{other: "x" for other in must_generate if other != name}}
+        with pytest.raises(MissingVariable, match=f"^{name}: set {name} in .env"):
+            resolve(raw_compose, env)
 
 
 def test_interpolation_follows_compose_rules() -> None:
@@ -436,6 +441,7 @@ def test_airflow_runs_local_executor_with_project_mounts(services: dict[str, Any
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres/airflow")
         assert env["PYTHONPATH"] == "/opt/airflow"
+        assert datetime.fromisoformat(env["QUOTEFLOW_INDEXER_START_DATE"]).tzinfo is not None
         mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
         for folder in ("dags", "include", "plugins", "kibana"):
             assert mounts[f"/opt/airflow/{folder}"] == f"./{folder}", f"{name} does not mount {folder}/"
