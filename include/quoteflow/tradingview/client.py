@@ -60,7 +60,7 @@ class ClientConfig:
 
     url: str
     symbols: list[str]
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)  # a secret: never in logs or reprs
     headers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADERS))
     max_message_size: int = 2**24
     connect_timeout: float = 10.0

@@ -1,0 +1,137 @@
+"""The Kafka side of the producer against the real broker: delivery, loud failures, early config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from include.quoteflow.kafka.producer import DeliveryFailed, QuoteProducer
+from include.quoteflow.producer import ProducerRun, client_config, run_producer
+from include.quoteflow.settings import ConfigError
+
+from .producer_helpers import LOG_APPEND, read_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_records_are_keyed_by_symbol_with_the_schema_header(make_topic, kafka_bootstrap):
+    topic = make_topic(1, LOG_APPEND)
+    producer = QuoteProducer({"bootstrap.servers": kafka_bootstrap}, topic).open()
+    for i in range(1000):
+        producer.send(b"BINANCE:SOLUSDT" if i % 2 else b"BINANCE:BTCUSDT", json.dumps({"i": i}).encode())
+    producer.close(10)
+    assert producer.delivered == producer.sent == 1000 and producer.failed == 0
+    records = read_topic(kafka_bootstrap, topic, expect=1000)
+    assert [json.loads(r.value())["i"] for r in records] == list(range(1000))
+    assert {r.key() for r in records} == {b"BINANCE:SOLUSDT", b"BINANCE:BTCUSDT"}
+    assert all(r.headers() == [("schema", b"quote.v1")] for r in records)
+
+
+def test_undeliverable_records_raise_a_named_error_after_the_final_flush():
+    with socket.socket() as sock:  # a port nothing listens on: the broker is unreachable for real
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    producer = QuoteProducer({"bootstrap.servers": dead, "message.timeout.ms": 800}, "quotes.tradingview").open()
+    for _ in range(5):
+        producer.send(b"BINANCE:SOLUSDT", b"{}")  # no flush here, and no exception either
+    started = time.monotonic()
+    with pytest.raises(DeliveryFailed) as err:
+        producer.close(10)
+    assert err.value.failed == 5
+    assert "timed out" in err.value.first_error.lower()
+    assert time.monotonic() - started < 10
+
+
+def test_missing_topic_is_a_config_error_before_any_data_moves(kafka_bootstrap):
+    run = ProducerRun(
+        client=client_config("ws://127.0.0.1:9", ["BINANCE:SOLUSDT"]),
+        kafka={"bootstrap.servers": kafka_bootstrap},
+        topic="quotes.does-not-exist.producer-test",
+        max_seconds=1,
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        run_producer(run)
+
+
+def test_createtime_topic_is_refused_with_the_fix(make_topic, kafka_bootstrap):
+    topic = make_topic(1, {"message.timestamp.type": "CreateTime"})
+    run = ProducerRun(
+        client=client_config("ws://127.0.0.1:9", ["BINANCE:SOLUSDT"]),
+        kafka={"bootstrap.servers": kafka_bootstrap},
+        topic=topic,
+        max_seconds=1,
+    )
+    with pytest.raises(ConfigError, match="LogAppendTime"):
+        run_producer(run)
+
+
+def test_produce_command_exits_0_at_max_seconds_even_with_no_feed(make_topic, kafka_bootstrap):
+    topic = make_topic(1, LOG_APPEND)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "include.quoteflow", "produce", "--url", f"ws://127.0.0.1:{port}/socket.io/websocket",
+         "--symbols", "BINANCE:SOLUSDT", "--topic", topic, "--bootstrap", kafka_bootstrap, "--max-seconds", "3",
+         "--backoff-initial", "0.2", "--backoff-cap", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.monotonic() - started < 20
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["quotes"] == 0 and summary["stopped_by"] == "max_seconds"
+    assert 2 <= summary["errors"]["connect_failed"] <= 30  # retried with backoff, not in a tight loop
+    assert summary["reconnects"] >= 2
+
+
+def test_produce_command_without_kafka_config_says_what_to_set():
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_KAFKA_DEFAULT"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "include.quoteflow", "produce", "--url", "ws://127.0.0.1:9", "--max-seconds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--bootstrap" in proc.stderr and "AIRFLOW_CONN_KAFKA_DEFAULT" in proc.stderr
+
+
+def test_serve_feed_command_serves_the_protocol():
+    import websocket
+
+    from include.quoteflow.tradingview.protocol import decode_message, encode_packet
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "include.quoteflow", "serve-feed", "--port", str(port), "--synthetic",
+         "--symbols", "3", "--rate", "100", "--heartbeat-interval", "0.5"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["listening"]
+        ws = websocket.create_connection(url, timeout=5)
+        kinds = [p.kind for p in decode_message(ws.recv()).packets]
+        assert kinds == ["hello"]
+        ws.send(encode_packet("set_auth_token", ["unauthorized_user_token"]))
+        ws.send(encode_packet("quote_create_session", ["qs_cli"]))
+        ws.send(encode_packet("quote_add_symbols", ["qs_cli", "BINANCE:SOLUSDT"]))
+        methods: list[str] = []
+        while "qsd" not in methods or "heartbeat" not in methods:
+            methods += [p.method or p.kind for p in decode_message(ws.recv()).packets]
+        assert methods[0] == "quote_completed"
+        ws.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout.read().strip().splitlines()[-1])["connections"] == 1
