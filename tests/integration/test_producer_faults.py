@@ -65,6 +65,21 @@ def test_backoff_delays_are_measured_between_connects():
         assert gap >= delay - 0.05  # the client never reconnects sooner than its backoff says
 
 
+def test_backoff_resets_after_a_stable_connection():
+    """Connections that stayed up longer than ``stable_after`` restart the backoff from its first step."""
+    from include.quoteflow.producer import client_config
+    from include.quoteflow.tradingview.client import TradingViewClient
+
+    # 4 messages at 10 msg/s keep each connection up ~0.4 s, longer than stable_after=0.2 s.
+    with feed(synthetic_symbols=3, rate=20, packets_per_message=2, drop_after=4, seed=4) as server:
+        config = client_config(
+            server.url, SYMBOLS, backoff_initial=0.1, backoff_cap=5.0, stable_after=0.2, poll_interval=0.05
+        )
+        stats = TradingViewClient(config, lambda quote: None).run(threading.Event(), time.monotonic() + 4.0)
+    assert len(stats.backoff_delays) >= 3
+    assert all(delay <= 0.1 for delay in stats.backoff_delays)  # always attempt 0, never 0.2, 0.4, ...
+
+
 def test_stalled_feed_trips_the_watchdog_and_resumes_without_duplicates(make_topic, kafka_bootstrap):
     topic = make_topic(1, LOG_APPEND)
     with feed(synthetic_symbols=3, rate=300, packets_per_message=3, stall_after=10, fault_connections=1) as server:
@@ -78,11 +93,14 @@ def test_stalled_feed_trips_the_watchdog_and_resumes_without_duplicates(make_top
     _assert_no_duplicates_no_gaps(read_topic(kafka_bootstrap, topic, expect=summary["quotes"]), summary)
 
 
-def test_bad_auth_token_gets_a_clear_error_and_a_slow_retry(make_topic, kafka_bootstrap, caplog):
+def test_bad_auth_token_gets_a_clear_error_and_a_slow_retry(tmp_path, make_topic, kafka_bootstrap, caplog):
     topic = make_topic(1, LOG_APPEND)
+    record = tmp_path / "recorded.jsonl"
     token = "eyJhbGciOi.user-secret.sig"
     with feed(synthetic_symbols=3, tokens=("only-this-token",)) as server, caplog.at_level(logging.INFO):
-        summary = produce(server, SYMBOLS, topic, kafka_bootstrap, seconds=5.0, auth_token=token, auth_retry_delay=2.0)
+        summary = produce(
+            server, SYMBOLS, topic, kafka_bootstrap, 5.0, auth_token=token, auth_retry_delay=2.0, record_path=record
+        )
         connect_times = list(server.stats.connect_times)
         errors_sent = dict(server.stats.errors_sent)
     assert errors_sent["protocol_error"] == len(connect_times)
@@ -92,6 +110,8 @@ def test_bad_auth_token_gets_a_clear_error_and_a_slow_retry(make_topic, kafka_bo
     assert summary["quotes"] == 0
     assert "rejected the auth token" in caplog.text
     assert token not in caplog.text
+    recorded = record.read_text(encoding="utf-8")
+    assert token not in recorded and "<redacted>" in recorded  # nor in the recording
 
 
 def test_unknown_symbol_is_dropped_once_and_the_others_go_on(make_topic, kafka_bootstrap, caplog):

@@ -27,6 +27,7 @@ from include.quoteflow.tradingview.protocol import (
     MESSAGE,
     MalformedPacket,
     ProtocolError,
+    encode_packet,
     frame,
     log_malformed,
     parse_payload,
@@ -46,6 +47,7 @@ DEFAULT_HEADERS: dict[str, str] = {
     "Cache-Control": "no-cache",
     "Pragma": "no-cache",
 }
+REDACTED = "<redacted>"
 SERVER_TO_CLIENT = "server->client"
 CLIENT_TO_SERVER = "client->server"
 
@@ -63,7 +65,8 @@ class ClientConfig:
     auth_token: str | None = field(default=None, repr=False)  # a secret: never in logs or reprs
     headers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADERS))
     max_message_size: int = 2**24
-    connect_timeout: float = 10.0
+    # Short, so a stop request that lands mid-handshake is still served within ~5 s.
+    connect_timeout: float = 4.0
     watchdog_timeout: float = 30.0
     backoff_initial: float = 0.5
     backoff_cap: float = 30.0
@@ -222,6 +225,10 @@ class TradingViewClient:
         assert self._ws is not None
         self._ws.send(raw)
         if self._recorder is not None:
+            secret = self.config.auth_token
+            if secret and secret in raw:
+                # Recordings get shared and replayed; a user's token must never land in one.
+                raw = encode_packet("set_auth_token", [REDACTED])
             self._recorder.write(CLIENT_TO_SERVER, raw)
 
     # -- one connection --------------------------------------------------------------------
