@@ -30,9 +30,9 @@ def bucket_interval_s(range_s: int, max_points: int = 300) -> int:
 
 
 def price_series(
-    es: Any, index: str, symbol: str, start_ms: int, end_ms: int, *, max_points: int = 300
+    es: Any, index: str, topic: str, symbol: str, start_ms: int, end_ms: int, *, max_points: int = 300
 ) -> list[tuple[int, float]]:
-    """``(received_at ms, price)`` of the last tick in each time bucket of ``[start_ms, end_ms]`` for one symbol."""
+    """``(received_at ms, price)`` of the last tick per time bucket of ``[start_ms, end_ms]``: one symbol, one topic."""
     width = bucket_interval_s(max(1, (end_ms - start_ms) // 1000), max_points)
     body = {
         "size": 0,
@@ -40,6 +40,7 @@ def price_series(
             "bool": {
                 "filter": [
                     {"term": {"symbol": symbol}},
+                    {"term": {"kafka.topic": topic}},
                     {"range": {"received_at": {"gte": start_ms, "lte": end_ms, "format": "epoch_millis"}}},
                 ]
             }
@@ -59,9 +60,12 @@ def price_series(
     return points
 
 
-def latest_quotes(es: Any, index: str, symbols: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The newest document per symbol (all symbols when ``symbols`` is empty), with ``_id`` and ``_index``."""
-    query: dict[str, Any] = {"terms": {"symbol": list(symbols)}} if symbols else {"match_all": {}}
+def latest_quotes(es: Any, index: str, topic: str, symbols: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The newest document of ``topic`` per symbol (all symbols when ``symbols`` is empty), with ``_id``, ``_index``."""
+    filters: list[dict[str, Any]] = [{"term": {"kafka.topic": topic}}]
+    if symbols:
+        filters.append({"terms": {"symbol": list(symbols)}})
+    query = {"bool": {"filter": filters}}
     body = {
         "size": 0,
         "query": query,
@@ -83,8 +87,12 @@ def latest_quotes(es: Any, index: str, symbols: Sequence[str] | None = None) -> 
     return out
 
 
-def known_symbols(es: Any, index: str) -> list[str]:
-    """Every symbol that has at least one document, sorted."""
-    body = {"size": 0, "aggs": {"symbols": {"terms": {"field": "symbol", "size": MAX_SYMBOLS}}}}
+def known_symbols(es: Any, index: str, topic: str) -> list[str]:
+    """Every symbol of ``topic`` that has at least one document, sorted."""
+    body = {
+        "size": 0,
+        "query": {"term": {"kafka.topic": topic}},
+        "aggs": {"symbols": {"terms": {"field": "symbol", "size": MAX_SYMBOLS}}},
+    }
     resp = es.search(index=index, **body, ignore_unavailable=True, allow_no_indices=True)
     return sorted(b["key"] for b in resp.get("aggregations", {}).get("symbols", {}).get("buckets", []))

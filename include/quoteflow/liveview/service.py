@@ -146,7 +146,7 @@ class LiveView:
 
     def latest(self, names: LiveNames, symbols: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per symbol: the newest quote (ES or Kafka tail), where it came from, and the newest indexed one."""
-        indexed = elastic_view.latest_quotes(self._es_client(), names.index_pattern, symbols)
+        indexed = elastic_view.latest_quotes(self._es_client(), names.index_pattern, names.topic, symbols)
         records, tail_error = self._tail_or_error(names.topic)
         tailed = _newest_in_tail(records, symbols)
         out: dict[str, dict[str, Any]] = {}
@@ -172,7 +172,9 @@ class LiveView:
         """``{"t": [...ms], "price": [...], "indexed_points": n}``: ES buckets, then newer Kafka ticks."""
         end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         start_ms = end_ms - range_s * 1000
-        points = elastic_view.price_series(self._es_client(), names.index_pattern, symbol, start_ms, end_ms)
+        points = elastic_view.price_series(
+            self._es_client(), names.index_pattern, names.topic, symbol, start_ms, end_ms
+        )
         indexed = len(points)
         newest = points[-1][0] if points else start_ms - 1
         records, tail_error = self._tail_or_error(names.topic)
@@ -218,7 +220,7 @@ class LiveView:
 
     def symbols(self, names: LiveNames) -> list[str]:
         """The configured symbols first, then any other symbol Elasticsearch has documents for."""
-        found = elastic_view.known_symbols(self._es_client(), names.index_pattern)
+        found = elastic_view.known_symbols(self._es_client(), names.index_pattern, names.topic)
         return list(dict.fromkeys([*names.symbols, *found]))
 
 

@@ -12,9 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+from confluent_kafka import KafkaException
+from elastic_transport import TransportError
+from elasticsearch import ApiError
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse
 
+from include.quoteflow.liveview.kafka_view import KafkaViewError
 from include.quoteflow.liveview.service import LiveNames, LiveView, parse_range
 from include.quoteflow.settings import ConfigError
 
@@ -26,6 +30,8 @@ STATIC_FILES = {
     "vendor/uPlot.iife.min.js": "application/javascript",
     "vendor/uPlot.min.css": "text/css",
 }
+# Kafka or Elasticsearch down or busy: the page says so and retries; nothing is wrong with the request.
+UNAVAILABLE = (KafkaViewError, KafkaException, TransportError, ApiError)
 NO_STORE = {"Cache-Control": "no-store"}
 SymbolsQuery = Annotated[list[str] | None, Query(alias="symbol")]
 
@@ -43,6 +49,9 @@ def create_app(
     def _call(fn: Callable[[], Any]) -> Any:
         try:
             return fn()
+        except UNAVAILABLE as exc:
+            logger.warning("quotes view: a backend did not answer: %s", exc)
+            raise HTTPException(status_code=503, detail=f"{exc.__class__.__name__}: {exc}") from None
         except ValueError as exc:
             if isinstance(exc, ConfigError):
                 raise HTTPException(status_code=503, detail=str(exc)) from None
