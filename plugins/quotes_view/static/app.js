@@ -104,7 +104,7 @@
       link.href = "?" + next.toString();
       link.textContent = name;
       const cells = [link, q ? fmt(q.price) : "—", q && q.change_percent !== null ? fmt(q.change_percent, 2) : "—",
-        q ? q.received_at : "—"];
+        q ? q.received_at.slice(11, 23) : "—"];
       for (const c of cells) {
         const td = document.createElement("td");
         if (typeof c === "string") td.textContent = c; else td.appendChild(c);
