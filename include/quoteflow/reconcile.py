@@ -96,6 +96,7 @@ def find_holes(
     end: int,
     dead: Sequence[int] = (),
     max_queries: int = MAX_QUERIES,
+    max_buckets: int = MAX_BUCKETS,
 ) -> tuple[list[list[int]], int]:
     """Missing offset ranges ``[a, b)`` of ``[start, end)`` (DLQ'd offsets excluded) and the indexed count."""
     dead_sorted = sorted(dead)
@@ -110,7 +111,7 @@ def find_holes(
         if queries >= max_queries:
             coarse.append((a, b))  # out of query budget: repair the whole bucket (idempotent anyway)
             continue
-        interval = max(1, math.ceil((b - a) / MAX_BUCKETS))
+        interval = max(1, math.ceil((b - a) / max_buckets))
         counts = offset_histogram(es, index_pattern, topic, partition, a, b, interval)
         queries += 1
         for lo in range(a, b, interval):

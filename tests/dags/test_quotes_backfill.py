@@ -1,0 +1,63 @@
+"""quotes_backfill and quotes_reconcile through dag.test(): exact re-indexing of ranges and repaired holes."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from include.quoteflow.elastic.template import ensure_template
+from include.quoteflow.indexer import index_window
+from tests.dags.dag_support import load_dag, returns, task_states
+from tests.integration.indexer_support import (
+    LOG_APPEND,
+    committed,
+    delete_ids,
+    es_sources,
+    expected_docs,
+    produce,
+    quote_value,
+)
+
+
+def test_backfill_and_reconcile_restore_deleted_documents(
+    kafka_bootstrap, es_client, make_topic, fresh_index_prefix
+) -> None:
+    ensure_template(es_client)
+    topic, dlq = make_topic(partitions=2, config=LOG_APPEND), make_topic(partitions=1)
+    group = f"g-{topic}"
+    cfg = {"bootstrap.servers": kafka_bootstrap}
+    start = datetime.now(UTC)
+    time.sleep(0.05)
+    delivered = produce(kafka_bootstrap, topic, [quote_value(i) for i in range(600)])
+    time.sleep(1.1)
+    index_window(cfg, es_client, start, datetime.now(UTC), topic=topic, dlq_topic=dlq,
+                 index_prefix=fresh_index_prefix, group_id=group)  # fmt: skip
+    full = es_sources(es_client, fresh_index_prefix)
+    assert full and {i: (d["symbol"], d["price"]) for i, d in full.items()} == expected_docs(topic, delivered)
+    before = committed(kafka_bootstrap, topic, group, 2)
+    conf = {"topic": topic, "dlq_topic": dlq, "index_prefix": fresh_index_prefix, "group_id": group}
+
+    assert delete_ids(es_client, fresh_index_prefix, [f"{topic}-0-{o}" for o in range(10, 60)]) == 50
+    backfill = load_dag("quotes_backfill")
+    run = backfill.test(run_conf={**conf, "partitions": [0], "mode": "offsets", "start": "10", "end": "60"})
+    assert str(run.state) == "success", task_states(run)
+    result = returns(run)["run_backfill"][0]
+    assert (result["read"], result["indexed"], result["committed"]) == (50, 50, {})
+    assert es_sources(es_client, fresh_index_prefix) == full
+    assert committed(kafka_bootstrap, topic, group, 2) == before  # live bookkeeping untouched
+
+    refused = backfill.test(run_conf={**conf, "partitions": [1], "mode": "offsets", "start": "0", "end": "999999"})
+    assert str(refused.state) == "failed" and task_states(refused)["run_backfill"] == "failed"
+
+    assert delete_ids(es_client, fresh_index_prefix, [f"{topic}-1-{o}" for o in (0, 5, 6, 7, 100)]) == 5
+    reconcile = load_dag("quotes_reconcile")
+    run = reconcile.test(run_conf={**conf, "repair": True})
+    assert str(run.state) == "success", task_states(run)
+    result = returns(run)["reconcile"][0]
+    assert result["holes"] == [
+        {"topic": topic, "partition": 1, "start": 0, "end": 1},
+        {"topic": topic, "partition": 1, "start": 5, "end": 8},
+        {"topic": topic, "partition": 1, "start": 100, "end": 101},
+    ]
+    assert (result["missing"], result["repaired"], result["missing_after_repair"]) == (5, 5, 0)
+    assert es_sources(es_client, fresh_index_prefix) == full

@@ -1,0 +1,199 @@
+"""Backfill, reconcile, DLQ tools and setup through the library and the stable CLI, on real Kafka and ES."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from include.quoteflow.backfill import backfill
+from include.quoteflow.elastic.template import ensure_template
+from include.quoteflow.indexer import index_window
+from include.quoteflow.kafka.ranges import RangeUnavailable
+from include.quoteflow.reconcile import find_holes
+from tests.integration.indexer_support import (
+    LOG_APPEND,
+    committed,
+    delete_ids,
+    es_count,
+    es_sources,
+    poison_values,
+    produce,
+    quote_value,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def loaded(kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix):
+    """A 2-partition topic with 1000 quotes and 2 poison records, indexed by one window."""
+    ensure_template(es_client)
+    topic, dlq = make_topic(partitions=2, config=LOG_APPEND), make_topic(partitions=1)
+    env = {
+        "cfg": {"bootstrap.servers": kafka_bootstrap},
+        "es": es_client,
+        "es_url": es_url,
+        "topic": topic,
+        "dlq": dlq,
+        "prefix": fresh_index_prefix,
+        "group": f"g-{topic}",
+        "bootstrap": kafka_bootstrap,
+        "start": datetime.now(UTC),
+    }
+    time.sleep(0.05)
+    records = [quote_value(i) for i in range(1000)]
+    records[500:500] = [(b"BINANCE:SOLUSDT", v) for _, v in poison_values()[:2]]
+    env["delivered"] = produce(kafka_bootstrap, topic, records)
+    time.sleep(1.1)
+    env["end"] = datetime.now(UTC)
+    summary = index_window(env["cfg"], es_client, env["start"], env["end"], **_kw(env))
+    assert (summary.indexed, summary.dead_lettered) == (1000, 2)
+    env["docs"] = es_sources(es_client, fresh_index_prefix)
+    return env
+
+
+def _kw(env) -> dict:
+    return {"topic": env["topic"], "dlq_topic": env["dlq"], "index_prefix": env["prefix"], "group_id": env["group"]}
+
+
+def _cli(env, *args: str) -> subprocess.CompletedProcess:
+    host = env["es_url"].split("//")[1]
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AIRFLOW_CONN_KAFKA_DEFAULT": json.dumps({"conn_type": "kafka", "extra": env["cfg"]}),
+        "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": json.dumps(
+            {"conn_type": "elasticsearch", "host": host.split(":")[0], "port": int(host.split(":")[1])}
+        ),
+    }
+    environ.pop("AIRFLOW_CONN_KIBANA_DEFAULT", None)
+    common = [
+        "--topic",
+        env["topic"],
+        "--dlq-topic",
+        env["dlq"],
+        "--index-prefix",
+        env["prefix"],
+        "--group",
+        env["group"],
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "include.quoteflow", *args, *common],
+        env=environ,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+
+def _summary(proc: subprocess.CompletedProcess) -> dict:
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, f"expected one JSON line, got {proc.stdout!r} / {proc.stderr[-500:]}"
+    return json.loads(lines[0])
+
+
+def test_time_backfill_after_deleting_documents_is_exact_and_commits_nothing(loaded) -> None:
+    es, prefix, topic = loaded["es"], loaded["prefix"], loaded["topic"]
+    before = committed(loaded["bootstrap"], topic, loaded["group"], 2)
+    assert delete_ids(es, prefix, list(loaded["docs"])[::3]) > 300
+    result = backfill(loaded["cfg"], es, mode="time", start=loaded["start"], end=loaded["end"], **_kw(loaded))
+    assert (result["read"], result["indexed"], result["dead_lettered"]) == (1002, 1000, 2)
+    assert es_sources(es, prefix) == loaded["docs"]
+    assert committed(loaded["bootstrap"], topic, loaded["group"], 2) == before
+    dry = backfill(loaded["cfg"], None, mode="offsets", start=0, end=10, partitions=[0], dry_run=True, **_kw(loaded))
+    assert dry == {"dry_run": True, "records": 10, "ranges": [{"topic": topic, "partition": 0, "start": 0, "end": 10}]}
+
+
+def test_backfill_outside_retention_is_refused_with_the_available_range(loaded) -> None:
+    high = max(o for p, o, _, _ in loaded["delivered"] if p == 0) + 1
+    with pytest.raises(RangeUnavailable, match=rf"Kafka holds \[0, {high}\)"):
+        backfill(loaded["cfg"], loaded["es"], mode="offsets", start=0, end=high + 5, partitions=[0], **_kw(loaded))
+    proc = _cli(loaded, "backfill", "--partition", "0", "--from-offset", "5", "--to-offset", str(high + 1))
+    assert proc.returncode == 2 and f"Kafka holds [0, {high})" in proc.stderr
+
+
+def test_reconcile_cli_lists_holes_then_repairs_them(loaded) -> None:
+    es, prefix, topic = loaded["es"], loaded["prefix"], loaded["topic"]
+    clean = _cli(loaded, "reconcile")
+    assert clean.returncode == 0 and _summary(clean)["missing"] == 0
+    p0 = sorted(o for p, o, k, _ in loaded["delivered"] if p == 0)
+    gone = [p0[3], p0[4], p0[200]]
+    assert delete_ids(es, prefix, [f"{topic}-0-{o}" for o in gone] + [f"{topic}-1-0"]) == 4
+
+    found = _cli(loaded, "reconcile")
+    assert found.returncode == 1
+    report = _summary(found)
+    assert report["missing"] == 4
+    assert [(h["partition"], h["start"], h["end"]) for h in report["holes"]] == [
+        (0, p0[3], p0[4] + 1),
+        (0, p0[200], p0[200] + 1),
+        (1, 0, 1),
+    ]
+    dead = sum(part["dead_lettered"] for part in report["partitions"])
+    assert dead == 2  # dead-lettered offsets are accounted for, not reported as holes
+
+    repaired = _cli(loaded, "reconcile", "--repair")
+    assert repaired.returncode == 0, repaired.stderr[-800:]
+    assert (_summary(repaired)["repaired"], _summary(repaired)["missing_after_repair"]) == (4, 0)
+    assert es_sources(es, prefix) == loaded["docs"]
+
+
+def test_hole_search_refines_coarse_buckets_with_aggregations(loaded) -> None:
+    es, prefix, topic = loaded["es"], loaded["prefix"], loaded["topic"]
+    p1 = sorted(o for p, o, _, _ in loaded["delivered"] if p == 1)
+    assert len(p1) > 100
+    gone = [p1[1], p1[2], p1[57], p1[-1]]
+    delete_ids(es, prefix, [f"{topic}-1-{o}" for o in gone])
+    es.indices.refresh(index=f"{prefix}*")
+    dead = sorted(set(p1) - {int(i.rsplit("-", 1)[1]) for i in loaded["docs"] if i.startswith(f"{topic}-1-")})
+    assert len(dead) == 2  # the two poison records were produced to this partition
+    holes, indexed = find_holes(es, f"{prefix}*", topic, 1, 0, p1[-1] + 1, dead, max_buckets=7)
+    assert holes == [[p1[1], p1[2] + 1], [p1[57], p1[57] + 1], [p1[-1], p1[-1] + 1]]
+    assert indexed == len(p1) - 4 - 2
+    without_dlq, _ = find_holes(es, f"{prefix}*", topic, 1, 0, p1[-1] + 1, max_buckets=7)
+    assert [dead[0], dead[1] + 1] in without_dlq  # not knowing the DLQ, they would look like a hole
+
+
+def test_dlq_cli_lists_and_replays_each_dead_letter_once(loaded) -> None:
+    # A re-run dead-letters the same records again; listing and replay count each origin once.
+    index_window(loaded["cfg"], loaded["es"], loaded["start"], loaded["end"], **_kw(loaded))
+    listed = _cli(loaded, "dlq", "list")
+    assert listed.returncode == 0
+    summary = _summary(listed)
+    assert summary["dead_letters"] == 2 and summary["by_reason"] == {"invalid_json": 1, "schema": 1}
+    assert {s["origin"].rsplit("-", 2)[0] for s in summary["shown"]} == {loaded["topic"]}
+    replayed = _summary(_cli(loaded, "dlq", "replay"))
+    assert (replayed["replayed"], replayed["skipped"]) == (2, 2)
+    assert _summary(_cli(loaded, "dlq", "replay"))["replayed"] == 0  # already replayed: nothing twice
+
+
+def test_index_cli_prints_one_json_line_and_rejects_bad_input(loaded) -> None:
+    start = (loaded["end"] + timedelta(seconds=1)).isoformat()
+    proc = _cli(loaded, "index", "--start", loaded["start"].isoformat(), "--end", loaded["end"].isoformat())
+    assert proc.returncode == 0 and _summary(proc)["indexed"] == 1000
+    bad = _cli(loaded, "index", "--start", "yesterday", "--end", start)
+    assert bad.returncode == 2 and "ISO-8601" in bad.stderr
+    assert es_count(loaded["es"], loaded["prefix"]) == 1000
+
+
+def test_setup_cli_twice_second_run_changes_nothing(kafka_bootstrap, kafka_admin, es_url) -> None:
+    topic = f"test.clisetup.{uuid.uuid4().hex[:8]}"
+    env = {"cfg": {"bootstrap.servers": kafka_bootstrap}, "es_url": es_url, "topic": topic,
+           "dlq": f"{topic}.dlq", "prefix": "quotes-unused-", "group": "g"}  # fmt: skip
+    try:
+        first = _cli(env, "setup", "--partitions", "2")
+        assert first.returncode == 0, first.stderr[-800:]
+        assert _summary(first)["changed"] is True and _summary(first)["kibana"] == {"skipped": True, "changed": False}
+        second = _cli(env, "setup", "--partitions", "2")
+        assert _summary(second)["changed"] is False and _summary(second)["template"] == "unchanged"
+        assert "nothing changed" in second.stderr
+    finally:
+        kafka_admin.delete_topics([topic, f"{topic}.dlq"], operation_timeout=30)
