@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from include.quoteflow.kafka.producer import DeliveryFailed, KafkaProducerError, QuoteProducer
-from include.quoteflow.quotes import Quote
 from include.quoteflow.settings import ConfigError, ConnectionInfo
 from include.quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig, TradingViewClient
-from include.quoteflow.tradingview.session import quote_json
+from include.quoteflow.tradingview.session import SymbolState
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +56,8 @@ class _Pump:
         self.last_stats_at = self.started
         self.last_stats_sent = 0
 
-    def on_quote(self, quote: Quote) -> None:
-        self.producer.send(quote.symbol.encode(), quote_json(quote))
+    def on_quote(self, state: SymbolState, received_at: str) -> None:
+        self.producer.send(state.key_bytes, state.to_json(received_at))
 
     def on_tick(self) -> None:
         self.producer.poll()

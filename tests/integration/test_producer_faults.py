@@ -53,7 +53,7 @@ def test_backoff_delays_are_measured_between_connects():
 
     with feed(synthetic_symbols=3, rate=200, packets_per_message=2, drop_after=2, seed=2) as server:
         config = client_config(server.url, SYMBOLS, backoff_initial=0.3, backoff_cap=1.2, poll_interval=0.1)
-        client = TradingViewClient(config, lambda quote: None)
+        client = TradingViewClient(config, lambda state, received_at: None)
         stats = client.run(threading.Event(), time.monotonic() + 6.0)
         connect_times = list(server.stats.connect_times)
     delays = stats.backoff_delays
@@ -75,7 +75,9 @@ def test_backoff_resets_after_a_stable_connection():
         config = client_config(
             server.url, SYMBOLS, backoff_initial=0.1, backoff_cap=5.0, stable_after=0.2, poll_interval=0.05
         )
-        stats = TradingViewClient(config, lambda quote: None).run(threading.Event(), time.monotonic() + 4.0)
+        stats = TradingViewClient(config, lambda state, received_at: None).run(
+            threading.Event(), time.monotonic() + 4.0
+        )
     assert len(stats.backoff_delays) >= 3
     assert all(delay <= 0.1 for delay in stats.backoff_delays)  # always attempt 0, never 0.2, 0.4, ...
 

@@ -17,7 +17,6 @@ from include.quoteflow.tradingview.session import (
     AuthTokenRejected,
     QuoteSession,
     SessionError,
-    quote_json,
 )
 
 RECEIVED = "2026-11-28T02:00:00.123Z"
@@ -26,7 +25,8 @@ RECEIVED = "2026-11-28T02:00:00.123Z"
 def _qsd(session: QuoteSession, key: str, values: dict, status: str = "ok", qs: str | None = None):
     raw = encode_packet("qsd", [qs or session.session_id, {"n": key, "s": status, "v": values}])
     (packet,) = decode_message(raw).packets
-    return session.handle(packet, RECEIVED, 1.0)
+    state = session.handle(packet, 1.0)
+    return None if state is None else state.to_quote(RECEIVED)
 
 
 def _packet(method: str, params: list):
@@ -96,7 +96,7 @@ def test_merge_emits_only_with_a_price_and_only_on_change():
     assert (quote.price, quote.bid, quote.ask, quote.volume) == (8004.8, 7996.0, 8004.8, None)
     quote = _qsd(session, "BITSTAMP:BTCUSD", {"lp_time": 1558466880})
     assert quote is not None and quote.event_time == "2019-05-21T19:28:00Z"
-    validate_quote(orjson.loads(quote_json(quote)))
+    validate_quote(orjson.loads(quote.to_json()))
 
 
 def test_non_numeric_values_become_null_not_strings():
@@ -145,7 +145,7 @@ def test_symbol_error_drops_that_symbol_once_and_others_go_on(caplog):
     sent = _setup(session)
     assert sent[3][1] == [session.session_id, "BINANCE:SOLUSDT"]  # not resubscribed after a reconnect
     chart = QuoteSession(["BINANCE:SOLUSDT", "BINANCE:BAD"])
-    chart.handle(_packet("symbol_error", ["cs_x", "BINANCE:BAD", "invalid symbol"]), RECEIVED, 1.0)
+    chart.handle(_packet("symbol_error", ["cs_x", "BINANCE:BAD", "invalid symbol"]), 1.0)
     assert chart.subscribed == ["BINANCE:SOLUSDT"]
 
 
@@ -153,10 +153,10 @@ def test_critical_and_protocol_errors_end_the_session():
     session = QuoteSession(["BINANCE:SOLUSDT"])
     session.setup_packets()
     with pytest.raises(SessionError) as err:
-        session.handle(_packet("critical_error", [session.session_id, "invalid_parameters", "x"]), RECEIVED, 1.0)
+        session.handle(_packet("critical_error", [session.session_id, "invalid_parameters", "x"]), 1.0)
     assert err.value.kind == "critical_error"
     with pytest.raises(SessionError) as err:
-        session.handle(_packet("protocol_error", ["banned"]), RECEIVED, 1.0)
+        session.handle(_packet("protocol_error", ["banned"]), 1.0)
     assert not isinstance(err.value, AuthTokenRejected)
     assert dict(session.stats.errors) == {"critical_error": 1, "protocol_error": 1}
 
@@ -166,17 +166,19 @@ def test_bad_auth_token_is_reported_without_the_token(caplog):
     session = QuoteSession(["BINANCE:SOLUSDT"], auth_token=secret)
     session.setup_packets()
     with caplog.at_level(logging.DEBUG), pytest.raises(AuthTokenRejected):
-        session.handle(_packet("protocol_error", ["bad auth token"]), RECEIVED, 1.0)
+        session.handle(_packet("protocol_error", ["bad auth token"]), 1.0)
     assert "rejected the auth token" in caplog.text
     assert secret not in caplog.text
 
 
-def test_quote_json_is_the_same_object_as_the_record_encoder():
+def test_fast_kafka_value_is_byte_identical_to_the_record_encoder():
     session = QuoteSession(["BINANCE:SOLUSDT"])
     session.setup_packets()
-    quote = _qsd(session, "BINANCE:SOLUSDT", {"lp": 142.5, "chp": -0.5, "lp_time": 1764300000.0})
-    assert orjson.loads(quote_json(quote)) == orjson.loads(quote.to_json())
-    assert validate_quote(orjson.loads(quote_json(quote)))["change_percent"] == -0.5
+    state = session.states["BINANCE:SOLUSDT"]
+    for delta in ({"lp": 142.5, "chp": -0.5, "lp_time": 1764300000.0}, {"bid": 1e100, "currency_code": "USDT"}):
+        assert session.merge(state, delta, 1.0)
+        assert state.to_json(RECEIVED) == state.to_quote(RECEIVED).to_json()
+    assert validate_quote(orjson.loads(state.to_json(RECEIVED)))["change_percent"] == -0.5
 
 
 def test_backoff_is_full_jitter_and_capped():

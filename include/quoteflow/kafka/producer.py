@@ -30,6 +30,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "client.id": "quoteflow-producer",
 }
 PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+# Only failures come back as callbacks: no Python call per delivered record on the hot path.
+_ONLY_ERRORS = {"delivery.report.only.error": True}
 _HEADERS = [SCHEMA_HEADER]
 
 
@@ -73,19 +75,20 @@ class QuoteProducer:
         self.config = producer_config(config)
         self.topic = topic
         self.sent = 0
-        self.delivered = 0
         self.failed = 0
         self.first_error: str | None = None
         self._producer: Any = None
         self._fatal: str | None = None
+        self._closed = False
 
     def open(self) -> QuoteProducer:
         """Create the librdkafka producer (once)."""
         if self._producer is None:
             from confluent_kafka import Producer
 
-            config = dict(self.config)
+            config = {**self.config, **_ONLY_ERRORS}
             config["error_cb"] = self._on_error
+            config["on_delivery"] = self._on_delivery
             self._producer = Producer(config)
         return self
 
@@ -99,7 +102,6 @@ class QuoteProducer:
 
     def _on_delivery(self, error: Any, _message: Any) -> None:
         if error is None:
-            self.delivered += 1
             return
         self.failed += 1
         if self.first_error is None:
@@ -111,7 +113,7 @@ class QuoteProducer:
         producer = self._producer
         while True:
             try:
-                producer.produce(self.topic, value, key, headers=_HEADERS, on_delivery=self._on_delivery)
+                producer.produce(self.topic, value, key, headers=_HEADERS)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -129,8 +131,15 @@ class QuoteProducer:
 
     @property
     def in_flight(self) -> int:
-        """Records handed to librdkafka and not yet acknowledged."""
-        return self.sent - self.delivered - self.failed
+        """Records handed to librdkafka and not yet acknowledged (nor failed)."""
+        if self._producer is None or self._closed:
+            return 0
+        return len(self._producer)
+
+    @property
+    def delivered(self) -> int:
+        """Records the broker acknowledged: everything sent that neither failed nor is still queued."""
+        return self.sent - self.failed - self.in_flight
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued (up to ``timeout`` s); raise :class:`DeliveryFailed` if anything was lost."""
@@ -141,9 +150,13 @@ class QuoteProducer:
         while remaining and time.monotonic() < deadline:
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         if remaining:
-            self.failed += remaining
+            # Still queued when the budget ran out: purge them so each is reported (and counted) as failed.
             if self.first_error is None:
                 self.first_error = f"{remaining} record(s) still queued after a {timeout:.0f} s flush"
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._producer.poll(0.5)
+            self.failed += len(self._producer)  # any the purge did not report yet
+        self._closed = True
         if self._fatal and self.first_error is None:
             self.first_error = self._fatal
         if self.failed:

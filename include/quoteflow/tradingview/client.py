@@ -20,7 +20,7 @@ from typing import IO, Any
 import orjson
 import websocket
 
-from include.quoteflow.quotes import Quote, format_timestamp
+from include.quoteflow.quotes import format_timestamp
 from include.quoteflow.settings import ConfigError
 from include.quoteflow.tradingview.protocol import (
     HELLO,
@@ -33,7 +33,7 @@ from include.quoteflow.tradingview.protocol import (
     parse_payload,
     split_packets,
 )
-from include.quoteflow.tradingview.session import AuthTokenRejected, QuoteSession, SessionError
+from include.quoteflow.tradingview.session import AuthTokenRejected, QuoteSession, SessionError, SymbolState
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ DEFAULT_HEADERS: dict[str, str] = {
     "Pragma": "no-cache",
 }
 REDACTED = "<redacted>"
+_QSD_PREFIX = '{"m":"qsd","p":'
+_loads = orjson.loads
 SERVER_TO_CLIENT = "server->client"
 CLIENT_TO_SERVER = "client->server"
 
@@ -124,12 +126,17 @@ class Recorder:
 
 
 class TradingViewClient:
-    """Streams Quotes for a fixed symbol list to ``on_quote`` until stopped or a deadline passes."""
+    """Streams quotes for a fixed symbol list until stopped or a deadline passes.
+
+    ``on_quote(state, received_at)`` is called with each changed snapshot (a
+    :class:`~include.quoteflow.tradingview.session.SymbolState`; ``state.to_quote(received_at)`` is
+    the Quote record, ``state.to_json(received_at)`` its Kafka value).
+    """
 
     def __init__(
         self,
         config: ClientConfig,
-        on_quote: Callable[[Quote], None],
+        on_quote: Callable[[SymbolState, str], None],
         *,
         on_tick: Callable[[], None] | None = None,
         rng: random.Random | None = None,
@@ -301,28 +308,46 @@ class TradingViewClient:
         if self._recorder is not None:
             self._recorder.write(SERVER_TO_CLIENT, text)
         payloads, malformed = split_packets(text)
+        stats.packets += len(payloads)
         received_at: str | None = None
         session = self.session
+        handle_qsd = session.handle_qsd
         on_quote = self.on_quote
         for payload in payloads:
-            stats.packets += 1
-            if payload.startswith("~h~"):
-                if payload[3:].isdigit():
-                    stats.heartbeats += 1
-                    self._send(frame(payload))
+            if payload.startswith(_QSD_PREFIX):
+                # Hot path: quote data skips the generic Packet classification.
+                try:
+                    decoded = _loads(payload)
+                    params = decoded["p"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    malformed.append(MalformedPacket("not_json", payload[:80]))
                     continue
+                if type(params) is not list:
+                    malformed.append(MalformedPacket("bad_params", payload[:80]))
+                    continue
+                state = handle_qsd(params, now)
+                if state is not None:
+                    if received_at is None:
+                        received_at = format_timestamp(time.time(), milliseconds=True)
+                    stats.quotes += 1
+                    on_quote(state, received_at)
+                continue
+            if payload.startswith("~h~") and payload[3:].isdigit():
+                stats.heartbeats += 1
+                self._send(frame(payload))
+                continue
             packet = parse_payload(payload)
             if type(packet) is MalformedPacket:
                 malformed.append(packet)
                 continue
             kind = packet.kind  # type: ignore[union-attr]
             if kind == MESSAGE:
-                if received_at is None:
-                    received_at = format_timestamp(time.time(), milliseconds=True)
-                quote = session.handle(packet, received_at, now)  # type: ignore[arg-type]
-                if quote is not None:
+                state = session.handle(packet, now)  # type: ignore[arg-type]
+                if state is not None:
+                    if received_at is None:
+                        received_at = format_timestamp(time.time(), milliseconds=True)
                     stats.quotes += 1
-                    on_quote(quote)
+                    on_quote(state, received_at)
             elif kind == HELLO:
                 stats.hellos += 1
         if session.outbox:
