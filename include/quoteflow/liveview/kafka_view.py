@@ -54,6 +54,7 @@ def viewer_config(config: dict[str, Any]) -> dict[str, Any]:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "latest",
             "enable.partition.eof": False,
+            "fetch.wait.max.ms": 10,  # a tail read ends at the log end: do not let the broker sit on the fetch
         }
     )
     return out
@@ -76,11 +77,15 @@ def tail_records(consumer: Any, topic: str, last_n: int = 50, timeout_s: float =
     if not starts:
         return []
     records: list[TailRecord] = []
+    next_offset = {tp.partition: tp.offset for tp in starts}  # next offset expected per partition
     deadline = time.monotonic() + timeout_s
     consumer.assign(starts)
     try:
         while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=max(0.01, min(0.2, deadline - time.monotonic()))):
+            # Ask for exactly what is missing: consume() returns as soon as that many arrived, not at its timeout.
+            missing = sum(end - next_offset[p] for p, end in ends.items())
+            wait = max(0.01, min(0.2, deadline - time.monotonic()))
+            for msg in consumer.consume(num_messages=max(1, min(missing, 1000)), timeout=wait):
                 err = msg.error()
                 if err is not None:
                     raise KafkaViewError(f"tailing {msg.topic()}[{msg.partition()}]: {err}")
@@ -88,6 +93,7 @@ def tail_records(consumer: Any, topic: str, last_n: int = 50, timeout_s: float =
                 if end is None or msg.offset() >= end:
                     continue
                 records.append(_tail_record(msg))
+                next_offset[msg.partition()] = msg.offset() + 1
                 if msg.offset() >= end - 1:
                     del ends[msg.partition()]
     finally:
