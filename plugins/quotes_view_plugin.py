@@ -8,6 +8,7 @@ cookie, which the browser also sends to the iframe'd page), the ``kafka_default`
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from pathlib import Path
@@ -93,6 +94,26 @@ def _run_state(run: Any) -> dict[str, Any]:
     }
 
 
+def _last_producer_summary(session: Any) -> dict[str, Any] | None:
+    """The summary the newest finished producer run returned (quotes, reconnects, errors), from XCom."""
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    row = session.execute(
+        select(XComModel.run_id, XComModel.value)
+        .where(XComModel.dag_id == PRODUCER_DAG_ID, XComModel.key == "return_value")
+        .order_by(XComModel.timestamp.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    value = json.loads(row.value) if isinstance(row.value, str) else row.value
+    if not isinstance(value, dict):
+        return None
+    keep = ("quotes", "connects", "reconnects", "errors", "delivery_failures")
+    return {"run_id": row.run_id, **{k: value.get(k) for k in keep}}
+
+
 def pipeline_state() -> dict[str, Any]:
     """The newest producer run (with its task's try number) and the newest and last finished indexer windows."""
     from airflow.models.dagrun import DagRun
@@ -122,6 +143,7 @@ def pipeline_state() -> dict[str, Any]:
                     )
                 ).all()
                 out["producer"]["tasks"] = [{"task_id": t, "state": str(s), "try_number": n} for t, s, n in tries]
+            out["producer_last_summary"] = _last_producer_summary(session)
             return out
     except SQLAlchemyError as exc:
         logger.warning("quotes view could not read DAG run state: %s", exc)

@@ -215,7 +215,55 @@ def test_health_reports_lag_dead_letters_and_tick_age(client, pipeline_data) -> 
 
     expected_age = before - epoch_ms(pipeline_data["sol"][-1]["received_at"]) / 1000
     assert expected_age - 1 < health["tick_age_s"][SOL] < expected_age + 5
-    assert set(health["airflow"]) == {"producer", "indexer_latest", "indexer_last_finished"}
+    assert "error" not in health["airflow"], health["airflow"]
+
+
+@pytest.fixture
+def indexer_runs(airflow_db: Path):
+    """Two quotes_indexer runs in the metadata DB, newer than any other: a finished window and the next, running."""
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunType
+    from sqlalchemy import delete
+
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=365)  # later than any real run in this DB
+    tag = uuid.uuid4().hex[:8]
+    runs = []
+    for i, state in enumerate((DagRunState.SUCCESS, DagRunState.RUNNING)):
+        start = end + timedelta(seconds=30 * (i - 1))
+        run = DagRun(
+            dag_id="quotes_indexer",
+            run_id=f"scheduled__liveview-{tag}-{i}",
+            run_type=DagRunType.SCHEDULED,
+            state=state,
+            logical_date=start,
+            data_interval=(start, start + timedelta(seconds=30)),
+            run_after=start + timedelta(seconds=30),
+            start_date=start + timedelta(seconds=31),
+        )
+        run.end_date = start + timedelta(seconds=35) if state == DagRunState.SUCCESS else None
+        runs.append(run)
+    with create_session() as session:
+        session.add_all(runs)
+    yield [r.run_id for r in runs], end
+    with create_session() as session:
+        session.execute(delete(DagRun).where(DagRun.run_id.in_([r.run_id for r in runs])))
+
+
+def test_health_reports_the_last_indexer_window_from_airflow(client, pipeline_data, indexer_runs) -> None:
+    test_client, token = client
+    (finished_id, running_id), end = indexer_runs
+    resp = test_client.get("/quotes-view/api/health", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text
+    airflow = resp.json()["airflow"]
+    assert airflow["indexer_last_finished"]["run_id"] == finished_id
+    assert airflow["indexer_last_finished"]["state"] == "success"
+    assert airflow["indexer_last_finished"]["data_interval_end"] == end.isoformat()
+    assert airflow["indexer_latest"]["run_id"] == running_id
+    assert airflow["indexer_latest"]["state"] == "running"
 
 
 def test_bad_range_is_a_422_naming_the_format(client, pipeline_data) -> None:

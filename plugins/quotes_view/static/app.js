@@ -120,7 +120,10 @@
     const tries = p && p.tasks && p.tasks.length ? ", try " + Math.max(...p.tasks.map((t) => t.try_number || 0)) : "";
     const ages = Object.entries(h.tick_age_s || {})
       .map(([s, age]) => s.split(":").pop() + " " + (age === null ? "—" : age.toFixed(1) + " s")).join(" · ");
-    $("producer-state").textContent = (p ? p.state + tries : "no run") + (ages ? " — last tick: " + ages : "");
+    const last = a.producer_last_summary;
+    const reconnects = last ? "; last finished run: " + last.reconnects + " reconnect(s)" : "";
+    $("producer-state").textContent =
+      (p ? p.state + tries : "no run") + reconnects + (ages ? " — last tick: " + ages : "");
     const w = a.indexer_last_finished;
     const latest = a.indexer_latest;
     $("indexer-state").textContent = w
