@@ -137,3 +137,52 @@ def test_parse_bound_accepts_z_and_naive_as_utc() -> None:
     assert parse_bound("2026-11-28T03:00:00") == parse_bound("2026-11-28T03:00:00+00:00")
     with pytest.raises(ConfigError):
         parse_bound("yesterday")
+
+
+def _variants() -> list[bytes | None]:
+    good = _quote().to_dict()
+    edits = [
+        {},
+        {"price": 7},
+        {"price": True},
+        {"schema": 1.0},
+        {"schema": True},
+        {"symbol": ""},
+        {"source": "elsewhere"},
+        {"event_time": None},
+        {"event_time": "2026-13-01T00:00:00Z"},
+        {"received_at": "2026-11-28 03:00:00"},
+        {"received_at": None},
+        {"volume": None, "bid": 1, "currency": None},
+        {"volume": "1"},
+        {"currency": 5},
+        {"price": "No disponible"},
+    ]
+    out: list[bytes | None] = [orjson.dumps({**good, **edit}) for edit in edits]
+    missing = dict(good)
+    del missing["ask"]
+    out += [orjson.dumps(missing), orjson.dumps({**good, "x": 1}), b"[]", b"nul", b"", None, b"1e999"]
+    return out
+
+
+@pytest.mark.parametrize("raw", _variants())
+def test_fast_decode_agrees_with_the_contract_validator(raw: bytes | None) -> None:
+    from include.quoteflow.elastic.documents import fast_decode
+    from include.quoteflow.quotes import decode_quote
+
+    try:
+        expected = decode_quote(raw)
+    except InvalidQuote as exc:
+        with pytest.raises(InvalidQuote) as info:
+            fast_decode(raw)
+        assert (info.value.reason, info.value.detail) == (exc.reason, exc.detail)
+    else:
+        assert fast_decode(raw) == expected
+
+
+def test_kafka_time_matches_format_timestamp() -> None:
+    from include.quoteflow.elastic.documents import kafka_time
+    from include.quoteflow.quotes import format_timestamp
+
+    for ms in (0, 1, 999, 1_764_298_801_250, 1_764_298_801_999, 1_764_298_802_000):
+        assert kafka_time(ms) == format_timestamp(ms / 1000, milliseconds=True)

@@ -62,7 +62,7 @@ class RetryPolicy:
         return rng.uniform(0, cap)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BulkItem:
     """One record ready to index: its NDJSON lines and where it came from (for dead-lettering)."""
 

@@ -1,0 +1,231 @@
+"""Indexer throughput against the ceiling and the seed's way, on the local Kafka and Elasticsearch.
+
+1. Preload N quotes (default 500,000) into a fresh LogAppendTime topic.
+2. **indexer**: ``index_ranges`` — the indexer's own code: Kafka read, validation, documents, chunked
+   bulk with retries, DLQ accounting — over every offset of the topic.
+3. **ceiling**: the same documents pre-built as NDJSON (building is not timed), sent straight to
+   ``_bulk`` with the same chunk size, the same number of requests in flight and the same index
+   template settings.
+4. **seed**: one ``PUT /<index>/_doc/<id>`` per document on a sample, extrapolated to docs/s.
+
+Run: ``.venv/bin/python bench/indexer.py [--records N]``; figures go to bench/results.json (section
+``indexer``). Needs the local services (``scripts/services up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _results import write_section  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
+from elasticsearch import Elasticsearch  # noqa: E402
+
+from include.quoteflow.elastic.bulk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_DOCS  # noqa: E402
+from include.quoteflow.elastic.documents import bulk_lines  # noqa: E402
+from include.quoteflow.elastic.template import ensure_template  # noqa: E402
+from include.quoteflow.indexer import index_ranges  # noqa: E402
+from include.quoteflow.kafka.admin import ensure_topic, quotes_topic_spec  # noqa: E402
+from include.quoteflow.kafka.ranges import PartitionRange, consumer_config, read_ranges, watermarks  # noqa: E402
+from include.quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp  # noqa: E402
+
+BOOTSTRAP = "127.0.0.1:9092"
+ES_URL = "http://127.0.0.1:9200"
+PARTITIONS = 3
+IN_FLIGHT = 2
+SYMBOLS = [f"BINANCE:C{i:03d}USDT" for i in range(50)]
+
+
+def preload(topic: str, records: int) -> float:
+    """Produce ``records`` distinct quotes; return seconds taken."""
+    producer = Producer(
+        {"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "linger.ms": 20, "batch.size": 1_000_000}
+    )
+    received = format_timestamp(time.time(), milliseconds=True)
+    started = time.perf_counter()
+    for i in range(records):
+        symbol = SYMBOLS[i % len(SYMBOLS)]
+        quote = Quote(
+            symbol=symbol,
+            exchange="BINANCE",
+            ticker=symbol.split(":")[1],
+            price=100.0 + (i % 10_000) / 100,
+            change=0.5,
+            change_percent=0.1,
+            volume=float(i),
+            bid=99.9,
+            ask=100.1,
+            currency="USDT",
+            update_mode="streaming",
+            received_at=received,
+        )
+        while True:
+            try:
+                producer.produce(topic, key=symbol.encode(), value=quote.to_json(), headers=[SCHEMA_HEADER])
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    remaining = producer.flush(120)
+    if remaining:
+        raise RuntimeError(f"{remaining} records not delivered")
+    return time.perf_counter() - started
+
+
+def all_ranges(topic: str) -> list[PartitionRange]:
+    consumer = Consumer(consumer_config({"bootstrap.servers": BOOTSTRAP}, "bench-indexer"))
+    try:
+        return [PartitionRange(topic, p, *watermarks(consumer, topic, p)) for p in range(PARTITIONS)]
+    finally:
+        consumer.close()
+
+
+def prebuilt_chunks(ranges: list[PartitionRange], prefix: str) -> list[bytes]:
+    """The indexer's exact NDJSON, chunked like the indexer (count and bytes), built before timing."""
+    consumer = Consumer(consumer_config({"bootstrap.servers": BOOTSTRAP}, "bench-indexer"))
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    try:
+        for batch in read_ranges(consumer, ranges):
+            for msg in batch:
+                lines = bulk_lines(msg.value(), msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], prefix)
+                if current and size + len(lines) > DEFAULT_CHUNK_BYTES:
+                    chunks.append(b"".join(current))
+                    current, size = [], 0
+                current.append(lines)
+                size += len(lines)
+                if len(current) >= DEFAULT_CHUNK_DOCS:
+                    chunks.append(b"".join(current))
+                    current, size = [], 0
+    finally:
+        consumer.close()
+    if current:
+        chunks.append(b"".join(current))
+    return chunks
+
+
+def send_chunks(es: Elasticsearch, chunks: list[bytes]) -> float:
+    """Send pre-built chunks to _bulk, IN_FLIGHT at a time; return seconds taken."""
+    client = es.options(request_timeout=120)
+
+    def send(body: bytes) -> None:
+        response = client.bulk(operations=body, filter_path="errors")
+        if response.get("errors"):
+            raise RuntimeError("ceiling bulk reported item errors")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+        list(pool.map(send, chunks))
+    return time.perf_counter() - started
+
+
+def seed_way(es: Elasticsearch, chunks: list[bytes], sample: int) -> tuple[int, float]:
+    """One PUT per document for ``sample`` documents; return (docs, seconds)."""
+    lines = [line for chunk in chunks[: 1 + sample // DEFAULT_CHUNK_DOCS] for line in chunk.splitlines()][: 2 * sample]
+    started = time.perf_counter()
+    for action, source in zip(lines[0::2], lines[1::2], strict=True):
+        meta = json.loads(action)["index"]
+        es.index(index=meta["_index"].replace("-ceiling-", "-seed-"), id=meta["_id"], document=json.loads(source))
+    return len(lines) // 2, time.perf_counter() - started
+
+
+def drop(es: Elasticsearch, pattern: str) -> None:
+    """Delete the indices matching ``pattern``."""
+    es.options(ignore_status=404).indices.delete(index=pattern, expand_wildcards="all")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--seed-sample", type=int, default=2_000)
+    args = parser.parse_args()
+
+    run = uuid.uuid4().hex[:8]
+    topic = f"bench.indexer.{run}"
+    base = f"quotes-bench-{run}"
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    es = Elasticsearch(ES_URL, request_timeout=120)
+    ensure_template(es)
+    ensure_topic(admin, quotes_topic_spec(topic, PARTITIONS, 6 * 3600 * 1000))
+    dlq = f"{topic}.dlq"
+    try:
+        produce_s = preload(topic, args.records)
+        ranges = all_ranges(topic)
+        total = sum(r.size for r in ranges)
+        print(f"preloaded {total} quotes in {produce_s:.1f}s", flush=True)
+
+        chunks = prebuilt_chunks(ranges, f"{base}-ceiling-")
+        warm = prebuilt_chunks([PartitionRange(topic, 0, ranges[0].start, ranges[0].start + 20_000)], f"{base}-warm-")
+        send_chunks(es, warm)  # JIT and caches warm before anything is timed
+        drop(es, f"{base}-warm-*")
+
+        # Each phase starts on an empty node: the previous phase's indices are deleted, so no
+        # background merge of one phase slows the next.
+        ceiling_s = send_chunks(es, chunks)
+        ceiling_rate = total / ceiling_s
+        print(f"ceiling: {total} docs in {ceiling_s:.1f}s = {ceiling_rate:,.0f} docs/s", flush=True)
+        drop(es, f"{base}-ceiling-*")
+
+        started = time.perf_counter()
+        summary = index_ranges(
+            {"bootstrap.servers": BOOTSTRAP},
+            es,
+            ranges,
+            dlq_topic=dlq,
+            index_prefix=f"{base}-indexer-",
+            group_id=f"bench-{run}",
+            in_flight=IN_FLIGHT,
+        )
+        indexer_s = time.perf_counter() - started
+        if summary.indexed != total:
+            raise RuntimeError(f"indexer indexed {summary.indexed} of {total}")
+        indexer_rate = total / indexer_s
+        print(f"indexer: {total} docs in {indexer_s:.1f}s = {indexer_rate:,.0f} docs/s", flush=True)
+        es.indices.refresh(index=f"{base}-indexer-*")
+        indexed_count = es.count(index=f"{base}-indexer-*")["count"]
+        drop(es, f"{base}-indexer-*")
+
+        seed_docs, seed_s = seed_way(es, chunks, args.seed_sample)
+        seed_rate = seed_docs / seed_s
+        print(f"seed:    {seed_docs} docs in {seed_s:.1f}s = {seed_rate:,.0f} docs/s (extrapolated)", flush=True)
+
+        figures = {
+            "records": total,
+            "partitions": PARTITIONS,
+            "chunk_docs": DEFAULT_CHUNK_DOCS,
+            "chunk_bytes": DEFAULT_CHUNK_BYTES,
+            "in_flight": IN_FLIGHT,
+            "preload_s": round(produce_s, 2),
+            "indexer_docs_per_s": round(indexer_rate),
+            "indexer_s": round(indexer_s, 2),
+            "indexer_count_in_es": indexed_count,
+            "ceiling_docs_per_s": round(ceiling_rate),
+            "ceiling_s": round(ceiling_s, 2),
+            "seed_docs_per_s": round(seed_rate, 1),
+            "seed_sample_docs": seed_docs,
+            "ratio_indexer_to_ceiling": round(indexer_rate / ceiling_rate, 3),
+            "ratio_indexer_to_seed": round(indexer_rate / seed_rate, 1),
+            "targets": {"ratio_indexer_to_ceiling": 0.8, "ratio_indexer_to_seed": 30},
+        }
+        write_section("indexer", figures)
+        print(json.dumps(figures, indent=2))
+        return 0
+    finally:
+        drop(es, f"{base}-*")
+        admin.delete_topics([topic, dlq], operation_timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
