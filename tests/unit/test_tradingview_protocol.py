@@ -202,3 +202,12 @@ def test_encode_matches_the_captured_client_frames():
     assert encode_packet("set_locale", ["en", "US"]) == lines[1]["raw"]
     assert encode_packet("set_auth_token", ["unauthorized_user_token"]) == lines[30]["raw"]
     assert encode_packet("quote_create_session", ["qs_dnsa2OmMSwkH"]) == lines[68]["raw"]
+
+
+def test_payload_containing_the_prefix_pattern_is_cut_by_length_not_by_pattern():
+    tricky = '{"m":"qsd","p":["qs_a",{"n":"X:Y","s":"ok","v":{"description":"a~m~3~m~abc~m~"}}]}'
+    message = frame(tricky) + frame("~h~9") + frame(tricky)
+    decoded = decode_message(message)
+    assert decoded.malformed == []
+    assert [p.raw for p in decoded.packets] == [tricky, "~h~9", tricky]
+    assert decoded.packets[0].params[1]["v"]["description"] == "a~m~3~m~abc~m~"

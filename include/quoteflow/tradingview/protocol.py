@@ -165,11 +165,23 @@ def split_packets(message: str) -> tuple[list[str], list[MalformedPacket]]:
     → ``["~h~1", '{"m":"set_auth_token","p":["unauthorized_user_token"]}']``. A bad, overlong or
     truncating prefix is reported as malformed and parsing resumes at the next plausible prefix.
     """
+    ascii_only = message.isascii()
+    if ascii_only:
+        # Fast path, exact: split on the prefix in C and accept only if every declared length matches
+        # its piece. A payload that itself contains "~m~" makes its own piece shorter than declared,
+        # so such messages always fall through to the careful parser below.
+        parts = message.split(PREFIX)
+        if not parts[0] and len(parts) % 2 == 1:
+            pieces = parts[2::2]
+            for digits, piece in zip(parts[1::2], pieces, strict=True):
+                if not digits.isdigit() or len(digits) > MAX_LENGTH_DIGITS or int(digits) != len(piece):
+                    break
+            else:
+                return pieces, []
     payloads: list[str] = []
     malformed: list[MalformedPacket] = []
     pos = 0
     size = len(message)
-    ascii_only = message.isascii()
     while pos < size:
         if not message.startswith(PREFIX, pos):
             reason = "no_prefix"
