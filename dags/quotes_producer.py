@@ -59,17 +59,16 @@ class QuotesProducerOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         """Stream until the time limit or a stop request; the summary goes to XCom."""
-        from include.quoteflow.producer import ProducerRun, client_config, run_producer
+        from include.quoteflow.producer import ProducerRun, client_config, feed_url, run_producer
         from include.quoteflow.settings import kafka_config
 
         params = context["params"]
         if self._stop is None:
             self._stop = threading.Event()
         kafka = connection_info(self.kafka_conn_id)
+        tradingview = connection_info(self.tradingview_conn_id, required=False)
         run = ProducerRun(
-            client=client_config(
-                params["url"], list(params["symbols"]), connection_info(self.tradingview_conn_id, required=False)
-            ),
+            client=client_config(feed_url(params["url"], tradingview), list(params["symbols"]), tradingview),
             kafka=kafka_config(kafka.extra if kafka else None, conn_id=self.kafka_conn_id),
             topic=params["topic"],
             max_seconds=float(params["max_runtime_minutes"]) * 60.0,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from include.quoteflow.kafka.producer import DeliveryFailed, KafkaProducerError, QuoteProducer
-from include.quoteflow.settings import ConfigError, ConnectionInfo
+from include.quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
 from include.quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig, TradingViewClient
 from include.quoteflow.tradingview.session import SymbolState
 
@@ -214,3 +214,19 @@ def client_config(
     return ClientConfig(
         url=url, symbols=list(symbols), auth_token=token, headers=headers, record_path=record_path, **kwargs
     )
+
+
+def feed_url(param_url: str, tradingview: ConnectionInfo | None) -> str:
+    """The websocket URL to use: an explicit (non-default) Param wins, else the connection's host, else TradingView.
+
+    This lets a deployment point every scheduled run at another feed (``make run SOURCE=replay``
+    sets ``tradingview_default``'s host to the local feed server) without editing Params.
+    """
+    if param_url != TRADINGVIEW_URL or tradingview is None or not tradingview.host:
+        return param_url
+    host = tradingview.host
+    if not host.startswith(("ws://", "wss://")):
+        raise ConfigError(
+            f"connection {tradingview.conn_id!r}: host must be a websocket URL (ws:// or wss://), got {host!r}"
+        )
+    return host
