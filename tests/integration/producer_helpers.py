@@ -45,6 +45,7 @@ def produce(
     bootstrap: str,
     seconds: float,
     stop: threading.Event | None = None,
+    stats_interval: float = 30.0,
     **client: Any,
 ) -> dict[str, Any]:
     """Run the producer against ``server`` for ``seconds`` and return its summary."""
@@ -53,7 +54,13 @@ def produce(
     token = tuning.pop("auth_token", None)
     config = client_config(server.url, symbols, record_path=record, **tuning)
     config.auth_token = token
-    run = ProducerRun(client=config, kafka={"bootstrap.servers": bootstrap}, topic=topic, max_seconds=seconds)
+    run = ProducerRun(
+        client=config,
+        kafka={"bootstrap.servers": bootstrap},
+        topic=topic,
+        max_seconds=seconds,
+        stats_interval=stats_interval,
+    )
     return run_producer(run, stop)
 
 

@@ -118,16 +118,31 @@ def test_bad_auth_token_gets_a_clear_error_and_a_slow_retry(tmp_path, make_topic
 
 def test_unknown_symbol_is_dropped_once_and_the_others_go_on(make_topic, kafka_bootstrap, caplog):
     topic = make_topic(1, LOG_APPEND)
-    with feed(synthetic_symbols=3, rate=200, packets_per_message=2) as server, caplog.at_level(logging.ERROR):
-        summary = produce(server, [*SYMBOLS, "BINANCE:NOSUCH"], topic, kafka_bootstrap, seconds=3.0)
+    with feed(synthetic_symbols=3, rate=200, packets_per_message=2) as server, caplog.at_level(logging.INFO):
+        summary = produce(server, [*SYMBOLS, "BINANCE:NOSUCH"], topic, kafka_bootstrap, 3.0, stats_interval=0.5)
         removed = [p for _, m, p in server.stats.client_packets if m == "quote_remove_symbols"]
     assert summary["errors"] == {"symbol_error": 1}
     assert list(summary["dropped_symbols"]) == ["BINANCE:NOSUCH"]
     assert summary["reconnects"] == 0
     assert [p[1:] for p in removed] == [["BINANCE:NOSUCH"]]
-    assert [r.getMessage() for r in caplog.records if "NOSUCH" in r.getMessage()] != []
-    assert len([r for r in caplog.records if "BINANCE:NOSUCH" in r.getMessage()]) == 1
+    refusals = [r for r in caplog.records if "refused symbol BINANCE:NOSUCH" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR
+    # The periodic stats line: rate, reconnects and last-tick ages, several times in 3 s at a 0.5 s interval.
+    stats_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stats: ")]
+    assert len(stats_lines) >= 3
+    assert "quotes/s" in stats_lines[-1] and "0 reconnect(s)" in stats_lines[-1]
+    assert "BINANCE:SOLUSDT=" in stats_lines[-1] and "no tick yet: 0 symbol(s)" in stats_lines[-1]
     _assert_no_duplicates_no_gaps(read_topic(kafka_bootstrap, topic, expect=summary["quotes"]), summary)
+
+
+def test_every_symbol_refused_is_a_loud_config_error_not_an_idle_loop(make_topic, kafka_bootstrap):
+    from include.quoteflow.settings import ConfigError
+
+    topic = make_topic(1, LOG_APPEND)
+    started = time.monotonic()
+    with feed(synthetic_symbols=3) as server, pytest.raises(ConfigError, match="BINANCE:NOSUCH.*fix the symbol"):
+        produce(server, ["BINANCE:NOSUCH", "BINANCE:NOPE"], topic, kafka_bootstrap, 10.0)
+    assert time.monotonic() - started < 5.0
 
 
 def test_garbage_and_bad_length_prefixes_are_skipped_on_a_live_connection(make_topic, kafka_bootstrap):

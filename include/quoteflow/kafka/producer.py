@@ -52,9 +52,15 @@ class ProducerFatalError(KafkaProducerError):
     """librdkafka raised a fatal error (e.g. the idempotent producer lost its sequence); the run must stop."""
 
 
+# The kafka_default connection is shared with the indexer; its consumer-only keys mean nothing here.
+_CONSUMER_ONLY = frozenset(
+    {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"}
+)
+
+
 def producer_config(base: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults, then the connection's settings, then the settings quoteflow requires for exactly-once order."""
-    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **base}
+    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **{k: v for k, v in base.items() if k not in _CONSUMER_ONLY}}
     for key, value in PRODUCER_REQUIRED.items():
         given = config.get(key)
         if given is not None and str(given).lower() not in (str(value).lower(), "-1" if key == "acks" else "true"):

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from include.quoteflow.quotes import FIELDS, SCHEMA_VERSION, SOURCE, Quote, format_timestamp, split_symbol
+from include.quoteflow.settings import ConfigError
 from include.quoteflow.tradingview.protocol import Packet, ProtocolError, encode_packet
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class SessionError(ProtocolError):
 
 class AuthTokenRejected(SessionError):
     """The server refused the auth token; retrying soon with the same token cannot help."""
+
+
+class NoValidSymbols(ProtocolError, ConfigError):
+    """TradingView refused every subscribed symbol: nothing left to stream, so fix the symbol list."""
 
 
 def new_session_id(prefix: str = "qs_") -> str:
@@ -239,6 +244,9 @@ class QuoteSession:
         left = len(self.subscribed)
         logger.error("TradingView refused symbol %s (%s); dropped it, %d symbol(s) left", key, detail, left)
         self.outbox.append(encode_packet("quote_remove_symbols", [self.session_id, key]))
+        if not self.subscribed:
+            refused = ", ".join(f"{k} ({why})" for k, why in self.dropped.items())
+            raise NoValidSymbols(f"TradingView refused every symbol: {refused}; fix the symbol list")
 
     def merge(self, state: SymbolState, delta: dict[str, Any], now: float) -> bool:
         """Merge a partial ``v`` into the snapshot; True if a tracked field changed and a price is known.
