@@ -107,10 +107,11 @@ def check_quotes_view(
 
             def indexed_matches() -> tuple[str, dict] | None:
                 doc = newest_document(es, topic, SYMBOL)
-                shown = indexed.get_attribute("data-offset")
+                # One read of offset and text together: the page redraws every second.
+                shown, text = indexed.evaluate("el => [el.dataset.offset, el.textContent]")
                 if doc is None or shown != str(doc["kafka"]["offset"]):
                     return None
-                return indexed.inner_text(), doc
+                return text, doc
 
             shown_text, doc = _until("the newest ES document on the page", indexed_matches, DATA_TIMEOUT_S)
             assert float(shown_text) == doc["price"], (
@@ -119,8 +120,9 @@ def check_quotes_view(
 
             # The live price (usually from the Kafka tail, ahead of the indexer) is the price ES gets for that record.
             last = frame.locator("#last-price")
-            partition, offset = last.get_attribute("data-partition"), last.get_attribute("data-offset")
-            live_text = last.inner_text()
+            partition, offset, live_text = last.evaluate(
+                "el => [el.dataset.partition, el.dataset.offset, el.textContent]"
+            )
             doc_id = f"{topic}-{partition}-{offset}"
             live_doc = _until(
                 f"document {doc_id} indexed",
