@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv services services-down services-status test lint bench run stop status logs constraints clean
+.PHONY: help venv assets services services-down services-status test lint bench run stop status logs constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -19,6 +19,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 
 venv: $(VENV)/.installed ## create .venv and install the pinned dependencies
 
+PLUGIN_ASSETS := plugins/quotes_view/static/vendor/uPlot.iife.min.js
+$(PLUGIN_ASSETS): plugins/quotes_view/package.json plugins/quotes_view/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed to build the quotes view's chart (Debian: apt-get install nodejs npm)"; exit 1; }
+	npm ci --prefix plugins/quotes_view --no-audit --no-fund
+	@touch $@
+
+assets: $(PLUGIN_ASSETS) ## build the quotes view's chart assets (uPlot, from npm)
+
 services: ## start the local Kafka and Elasticsearch (a no-op when up)
 	scripts/services up
 
@@ -28,7 +36,7 @@ services-down: ## stop the local Kafka and Elasticsearch this project started
 services-status: ## show whether Kafka and Elasticsearch answer
 	scripts/services status
 
-test: venv ## run the whole suite (starts the services it needs, stops what it started); ARGS="-m unit" etc.
+test: venv assets ## run the whole suite (starts the services it needs, stops what it started); ARGS="-m unit" etc.
 	scripts/run-tests $(ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy over the library
@@ -39,7 +47,7 @@ lint: venv ## ruff (lint + format check) and mypy over the library
 bench: venv ## run the benchmarks in bench/ (services must be up: make services); writes bench/results.json
 	@set -e; for b in bench/[!_]*.py; do echo "==> $$b"; $(PY) $$b; done
 
-run: venv ## the whole pipeline locally, without Docker (SOURCE=tradingview|replay)
+run: venv assets ## the whole pipeline locally, without Docker (SOURCE=tradingview|replay)
 	scripts/run $(if $(SOURCE),--source $(SOURCE)) $(if $(REPLAY_FILE),--replay-file $(REPLAY_FILE))
 
 stop: ## stop everything `make run` started
