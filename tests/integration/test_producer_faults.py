@@ -228,3 +228,19 @@ def test_server_rejects_a_bad_token_with_protocol_error_and_closes():
         with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
             for _ in range(5):
                 ws.recv()
+
+
+def test_oversized_message_is_refused_before_it_is_read(tmp_path, make_topic, kafka_bootstrap):
+    """A 300 KB message against max_message_size=100 KB: refused from its frame header, then a reconnect."""
+    big = encode_packet(
+        "qsd", ["qs_rec", {"n": "BINANCE:SOLUSDT", "s": "ok", "v": {"lp": 142.5, "description": "x" * 300_000}}]
+    )
+    replay = tmp_path / "big.jsonl"
+    replay.write_text(json.dumps({"direction": "server->client", "raw": big}) + "\n")
+    topic = make_topic(1, LOG_APPEND)
+    with feed(replay=replay, speed=0) as server:
+        limited = produce(server, ["BINANCE:SOLUSDT"], topic, kafka_bootstrap, 2.0, max_message_size=100_000)
+        unlimited = produce(server, ["BINANCE:SOLUSDT"], topic, kafka_bootstrap, 1.0)
+    assert limited["errors"]["message_too_big"] >= 1 and limited["reconnects"] >= 1
+    assert limited["quotes"] == 0
+    assert unlimited["errors"] == {} and unlimited["quotes"] == 1  # the default limit (16 MiB) lets it through

@@ -135,3 +135,34 @@ def test_serve_feed_command_serves_the_protocol():
         proc.wait(timeout=10)
     assert proc.returncode == 0
     assert json.loads(proc.stdout.read().strip().splitlines()[-1])["connections"] == 1
+
+
+def test_produce_command_stops_within_5_seconds_of_sigterm_with_everything_flushed(make_topic, kafka_bootstrap):
+    import signal
+
+    from include.quoteflow.tradingview.feed_server import synthetic_universe
+
+    from .producer_helpers import feed
+
+    topic = make_topic(1, LOG_APPEND)
+    with feed(synthetic_symbols=3, rate=2000, packets_per_message=10) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "include.quoteflow", "produce", "--url", server.url,
+             "--symbols", ",".join(synthetic_universe(3)), "--topic", topic, "--bootstrap", kafka_bootstrap,
+             "--max-seconds", "120"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while server.stats.messages_sent < 100 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - signalled
+    assert proc.returncode == 0, err[-2000:]
+    assert stopped_in < 5.0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped_by"] == "stop_request"
+    assert summary["quotes"] == summary["quotes_sent"] >= 1000
+    assert len(read_topic(kafka_bootstrap, topic, expect=summary["quotes"])) == summary["quotes"]

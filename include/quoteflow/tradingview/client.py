@@ -58,6 +58,27 @@ class WatchdogTimeout(ProtocolError):
     """No inbound message for longer than the watchdog allows: the link is presumed dead."""
 
 
+class MessageTooBig(ProtocolError):
+    """A websocket frame announced more bytes than ``max_message_size``; refused before it is read."""
+
+
+def _limit_frame_size(ws: websocket.WebSocket, limit: int) -> None:
+    """Make ``ws`` refuse a frame as soon as its header announces more than ``limit`` bytes.
+
+    websocket-client has no size limit of its own; checking the announced length before the payload
+    is read keeps a runaway or hostile peer from making us buffer it.
+    """
+    buffer = ws.frame_buffer
+    read_length = buffer.recv_length
+
+    def recv_length_checked() -> None:
+        read_length()
+        if buffer.length is not None and buffer.length > limit:
+            raise MessageTooBig(f"a {buffer.length}-byte websocket frame exceeds max_message_size={limit}")
+
+    buffer.recv_length = recv_length_checked  # type: ignore[method-assign]
+
+
 @dataclass
 class ClientConfig:
     """Everything the client needs; intervals are settable so tests run in seconds."""
@@ -177,6 +198,10 @@ class TradingViewClient:
                 except (SessionError, WatchdogTimeout) as exc:
                     logger.warning("reconnecting after %s", exc)
                     delay = -1.0
+                except MessageTooBig as exc:
+                    self.stats.errors["message_too_big"] += 1
+                    logger.warning("reconnecting: %s", exc)
+                    delay = -1.0
                 except websocket.WebSocketBadStatusException as exc:
                     self.stats.errors[f"handshake_{exc.status_code}"] += 1
                     logger.warning("TradingView handshake refused with HTTP %s; backing off", exc.status_code)
@@ -243,6 +268,7 @@ class TradingViewClient:
     def _connect_and_stream(self, stop: threading.Event, deadline: float | None) -> None:
         config = self.config
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
+        _limit_frame_size(ws, config.max_message_size)
         self._ws = ws
         ws.settimeout(config.connect_timeout)
         ws.connect(config.url, header=self._header, origin=self._origin, suppress_origin=self._origin is None)
@@ -296,6 +322,7 @@ class TradingViewClient:
         stats = self.stats
         stats.messages += 1
         if len(data) > self.config.max_message_size:
+            # Only reachable for a message assembled from several frames, each under the limit.
             stats.malformed_packets += 1
             logger.warning("skipped a %d-byte message (max_message_size %d)", len(data), self.config.max_message_size)
             return
