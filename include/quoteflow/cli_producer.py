@@ -48,6 +48,7 @@ def register(subparsers: Any) -> None:
     feed.add_argument("--garbage-every", type=int, metavar="N", help="fault: a garbage packet every N messages")
     feed.add_argument("--bad-length-every", type=int, metavar="N", help="fault: a bad length prefix every N messages")
     feed.add_argument("--fault-connections", type=int, metavar="M", help="faults only on the first M connections")
+    feed.add_argument("--handshake-status", type=int, metavar="HTTP", help="fault: refuse handshakes (e.g. 429)")
     feed.add_argument("--seed", type=int, help="random seed for a reproducible synthetic feed")
     feed.set_defaults(func=serve_feed)
 
@@ -89,6 +90,7 @@ def serve_feed(args: argparse.Namespace) -> int:
             garbage_every=args.garbage_every,
             bad_length_every=args.bad_length_every,
             fault_connections=args.fault_connections,
+            handshake_status=args.handshake_status,
             seed=args.seed,
         )
     except FeedServerError as exc:

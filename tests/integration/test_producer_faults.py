@@ -244,3 +244,19 @@ def test_oversized_message_is_refused_before_it_is_read(tmp_path, make_topic, ka
     assert limited["errors"]["message_too_big"] >= 1 and limited["reconnects"] >= 1
     assert limited["quotes"] == 0
     assert unlimited["errors"] == {} and unlimited["quotes"] == 1  # the default limit (16 MiB) lets it through
+
+
+def test_rate_limited_handshake_backs_off_long_then_streams(make_topic, kafka_bootstrap):
+    """HTTP 429 on connect is rate limiting: the client waits between half the cap and the cap."""
+    topic = make_topic(1, LOG_APPEND)
+    with feed(
+        synthetic_symbols=3, rate=300, packets_per_message=3, handshake_status=429, fault_connections=2
+    ) as server:
+        summary = produce(server, SYMBOLS, topic, kafka_bootstrap, 5.0, backoff_initial=0.01, backoff_cap=1.0)
+        times = list(server.stats.handshake_times)
+        rejected = server.stats.rejected_handshakes
+    assert rejected == 2 and summary["errors"]["handshake_429"] == 2
+    assert len(times) == 3
+    assert all(b - a >= 0.45 for a, b in zip(times, times[1:], strict=False))  # not the 0.01 s first step
+    assert summary["quotes"] > 30
+    _assert_no_duplicates_no_gaps(read_topic(kafka_bootstrap, topic, expect=summary["quotes"]), summary)

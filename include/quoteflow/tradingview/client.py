@@ -204,8 +204,16 @@ class TradingViewClient:
                     delay = -1.0
                 except websocket.WebSocketBadStatusException as exc:
                     self.stats.errors[f"handshake_{exc.status_code}"] += 1
-                    logger.warning("TradingView handshake refused with HTTP %s; backing off", exc.status_code)
                     delay = -1.0
+                    if exc.status_code in (403, 429):
+                        # Rate limiting or the firewall: back off long straight away (protocol notes §8).
+                        cap = self.config.backoff_cap
+                        delay = self._rng.uniform(cap / 2, cap)
+                    logger.warning(
+                        "TradingView handshake refused with HTTP %s; retrying in %s",
+                        exc.status_code,
+                        f"{delay:.1f} s" if delay >= 0 else "the usual backoff",
+                    )
                 except (websocket.WebSocketException, OSError) as exc:
                     kind = "connection_lost" if self.connected_at is not None else "connect_failed"
                     self.stats.errors[kind] += 1

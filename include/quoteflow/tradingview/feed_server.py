@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class FeedConfig:
     garbage_every: int | None = None
     bad_length_every: int | None = None
     fault_connections: int | None = None
+    handshake_status: int | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +104,9 @@ class _SymbolWalk:
 class FeedStats:
     """What the server did, for tests and the demo's log."""
 
+    handshakes: int = 0
+    handshake_times: list[float] = field(default_factory=list)
+    rejected_handshakes: int = 0
     connections: int = 0
     connect_times: list[float] = field(default_factory=list)
     messages_sent: int = 0
@@ -176,6 +181,7 @@ class FeedServer:
             max_size=2**24,
             ping_interval=None,
             server_header="tv",
+            process_request=self._process_request,
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="feed-server", daemon=True)
         self._thread.start()
@@ -206,6 +212,18 @@ class FeedServer:
             self.stop()
 
     # -- one connection --------------------------------------------------------------------
+
+    def _process_request(self, conn: ServerConnection, _request: Any) -> Any:
+        """Refuse the handshake with ``handshake_status`` (e.g. 429, 403) on the faulty connections."""
+        with self._lock:
+            self.stats.handshakes += 1
+            number = self.stats.handshakes
+            self.stats.handshake_times.append(time.monotonic())
+        status = self.config.handshake_status
+        if status is None or (self.config.fault_connections is not None and number > self.config.fault_connections):
+            return None
+        self.stats.rejected_handshakes += 1
+        return conn.respond(HTTPStatus(status), f"{HTTPStatus(status).phrase}\n")
 
     def _handle(self, conn: ServerConnection) -> None:
         with self._lock:
