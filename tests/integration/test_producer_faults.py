@@ -260,3 +260,22 @@ def test_rate_limited_handshake_backs_off_long_then_streams(make_topic, kafka_bo
     assert all(b - a >= 0.45 for a, b in zip(times, times[1:], strict=False))  # not the 0.01 s first step
     assert summary["quotes"] > 30
     _assert_no_duplicates_no_gaps(read_topic(kafka_bootstrap, topic, expect=summary["quotes"]), summary)
+
+
+def test_handshake_carries_browser_like_headers_and_the_configured_ones():
+    from include.quoteflow.producer import client_config
+    from include.quoteflow.settings import ConnectionInfo
+    from include.quoteflow.tradingview.client import TradingViewClient
+
+    info = ConnectionInfo(
+        conn_id="tradingview_default",
+        extra={"headers": {"Origin": "https://data.tradingview.com", "Accept-Language": "de-DE"}},
+    )
+    with feed(synthetic_symbols=3, rate=100) as server:
+        config = client_config(server.url, SYMBOLS, info, poll_interval=0.05)
+        TradingViewClient(config, lambda state, received_at: None).run(threading.Event(), time.monotonic() + 0.5)
+        (headers,) = server.stats.request_headers
+    assert headers["origin"] == "https://data.tradingview.com"
+    assert headers["accept-language"] == "de-DE"
+    assert headers["user-agent"].startswith("Mozilla/5.0")
+    assert headers["cache-control"] == "no-cache" and headers["pragma"] == "no-cache"

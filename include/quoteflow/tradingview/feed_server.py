@@ -105,6 +105,7 @@ class FeedStats:
     """What the server did, for tests and the demo's log."""
 
     handshakes: int = 0
+    request_headers: list[dict[str, str]] = field(default_factory=list)
     handshake_times: list[float] = field(default_factory=list)
     rejected_handshakes: int = 0
     connections: int = 0
@@ -213,9 +214,10 @@ class FeedServer:
 
     # -- one connection --------------------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, _request: Any) -> Any:
-        """Refuse the handshake with ``handshake_status`` (e.g. 429, 403) on the faulty connections."""
+    def _process_request(self, conn: ServerConnection, request: Any) -> Any:
+        """Record the handshake; refuse it with ``handshake_status`` (e.g. 429, 403) on the faulty connections."""
         with self._lock:
+            self.stats.request_headers.append({k.lower(): v for k, v in request.headers.raw_items()})
             self.stats.handshakes += 1
             number = self.stats.handshakes
             self.stats.handshake_times.append(time.monotonic())
