@@ -48,15 +48,32 @@
     return new uPlot(opts, [t, price], el);
   }
 
+  // A hole in the data (pipeline stopped) stays a hole: a null point breaks the line there.
+  function withGaps(chart) {
+    const gapMs = Math.max(10000, 3 * chart.bucket_s * 1000);
+    const t = [];
+    const price = [];
+    chart.t.forEach((ms, i) => {
+      if (i > 0 && ms - chart.t[i - 1] > gapMs) {
+        t.push((chart.t[i - 1] + ms) / 2000);
+        price.push(null);
+      }
+      t.push(ms / 1000);
+      price.push(chart.price[i]);
+    });
+    return [t, price];
+  }
+
   function drawChart(chart) {
-    const t = chart.t.map((ms) => ms / 1000);
+    const [t, price] = withGaps(chart);
     const el = $("chart");
-    if (!state.plot) state.plot = makePlot(t, chart.price);
-    else state.plot.setData([t, chart.price]);
-    el.dataset.points = String(t.length);
+    if (!state.plot) state.plot = makePlot(t, price);
+    else state.plot.setData([t, price]);
+    el.dataset.points = String(chart.t.length);
     el.dataset.symbol = chart.symbol;
-    el.dataset.lastT = t.length ? String(chart.t[t.length - 1]) : "";
-    el.dataset.lastPrice = t.length ? String(chart.price[t.length - 1]) : "";
+    const n = chart.t.length;
+    el.dataset.lastT = n ? String(chart.t[n - 1]) : "";
+    el.dataset.lastPrice = n ? String(chart.price[n - 1]) : "";
   }
 
   function drawLatest(entry) {
