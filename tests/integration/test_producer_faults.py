@@ -36,7 +36,12 @@ def test_dropped_connections_reconnect_with_backoff_and_no_duplicates(make_topic
     with feed(synthetic_symbols=3, rate=300, packets_per_message=3, drop_after=8, seed=1) as server:
         summary = produce(server, SYMBOLS, topic, kafka_bootstrap, seconds=6.0)
         connect_times = list(server.stats.connect_times)
+        subscribed = [(n, p) for n, m, p in server.stats.client_packets if m == "quote_add_symbols"]
     assert summary["stopped_by"] == "max_seconds"
+    # Every connection set the whole subscription up again, under a fresh session id.
+    assert [n for n, _ in subscribed] == list(range(1, len(connect_times) + 1))
+    assert all(p[1:] == SYMBOLS for _, p in subscribed)
+    assert len({p[0] for _, p in subscribed}) == len(subscribed)
     assert summary["reconnects"] >= 3
     assert summary["errors"].get("connection_lost", 0) >= 3
     # Not a tight loop: 8 messages at 100 msg/s last ~0.08 s, so only backoff spaces the connects.
