@@ -16,7 +16,7 @@ from include.quoteflow.tradingview.protocol import encode_packet
 from .producer_helpers import LOG_APPEND, feed, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAMES = ROOT.parent / "shared" / "tradingview-samples" / "frames.jsonl"
+FRAMES = ROOT / "tests" / "fixtures" / "tradingview" / "frames.jsonl"
 # Crypto quote traffic of the 2019 capture: lp_time only, full snapshot, bid/ask, a second snapshot,
 # a tick, the same tick again (inside a du message), an unsubscribed symbol, and a second symbol.
 REPLAYED_LINES = [33, 34, 38, 39, 40, 47, 49]

@@ -21,8 +21,8 @@ from include.quoteflow.tradingview.protocol import (
     utf16_length,
 )
 
-# The shared samples live beside the repository (../shared), as the issue and DESIGN.md reference them.
-FRAMES = Path(__file__).resolve().parents[3] / "shared" / "tradingview-samples" / "frames.jsonl"
+# Real captured frames, copied into the repository from the project's shared notes.
+FRAMES = Path(__file__).resolve().parents[1] / "fixtures" / "tradingview" / "frames.jsonl"
 
 # Line index in frames.jsonl → the packets that server message holds, in order (method, or kind).
 _STUDY_18 = ["study_loading"] * 7 + ["du", "study_completed", "study_loading", "du", "study_completed"]
