@@ -109,6 +109,7 @@ def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[
     if run.check_topic:
         check_topic(run.kafka, run.topic)
     producer = QuoteProducer(run.kafka, run.topic).open()
+    producer.abort = stop  # a stop request must not wait behind a full queue while Kafka is down
     pump = _Pump(run, producer)
     client = TradingViewClient(run.client, pump.on_quote, on_tick=pump.on_tick)
     pump.client = client

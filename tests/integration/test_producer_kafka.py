@@ -166,3 +166,28 @@ def test_produce_command_stops_within_5_seconds_of_sigterm_with_everything_flush
     assert summary["stopped_by"] == "stop_request"
     assert summary["quotes"] == summary["quotes_sent"] >= 1000
     assert len(read_topic(kafka_bootstrap, topic, expect=summary["quotes"])) == summary["quotes"]
+
+
+def test_stop_is_not_held_up_by_a_full_queue_while_kafka_is_unreachable():
+    """Back-pressure from a tiny queue and a dead broker must still yield to a stop request."""
+    import threading
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    producer = QuoteProducer(
+        {"bootstrap.servers": dead, "queue.buffering.max.messages": 10, "message.timeout.ms": 60_000}, "t"
+    ).open()
+    producer.abort = threading.Event()
+    for _ in range(10):
+        producer.send(b"k", b"{}")
+    threading.Timer(0.5, producer.abort.set).start()
+    started = time.monotonic()
+    producer.send(b"k", b"{}")  # the queue is full: this waits until the stop request
+    waited = time.monotonic() - started
+    assert 0.4 <= waited < 2.0
+    producer.send(b"k", b"{}")  # after the stop, further records fail at once instead of waiting
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(DeliveryFailed) as err:
+        producer.close(1.0)
+    assert err.value.failed == 12 and producer.delivered == 0

@@ -8,6 +8,7 @@ so a run either delivered everything it reports or says loudly that it did not.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -86,6 +87,7 @@ class QuoteProducer:
         self._producer: Any = None
         self._fatal: str | None = None
         self._closed = False
+        self.abort: threading.Event | None = None
 
     def open(self) -> QuoteProducer:
         """Create the librdkafka producer (once)."""
@@ -115,13 +117,24 @@ class QuoteProducer:
             logger.error("Kafka delivery failed: %s", error)
 
     def send(self, key: bytes, value: bytes) -> None:
-        """Queue one record (key = symbol) and serve callbacks; waits briefly only if the local queue is full."""
+        """Queue one record (key = symbol) and serve callbacks; waits only while the local queue is full.
+
+        That wait is the back-pressure of a broker outage; it ends when librdkafka frees room, on a
+        fatal error, or when :attr:`abort` is set (a stop request), in which case the record counts
+        as failed and :meth:`close` reports it.
+        """
         producer = self._producer
         while True:
             try:
                 producer.produce(self.topic, value, key, headers=_HEADERS)
                 break
             except BufferError:
+                if self.abort is not None and self.abort.is_set():
+                    self.sent += 1
+                    self.failed += 1
+                    if self.first_error is None:
+                        self.first_error = "local queue still full when the stop was requested (is Kafka down?)"
+                    return
                 producer.poll(0.05)
                 if self._fatal:
                     raise ProducerFatalError(self._fatal) from None
