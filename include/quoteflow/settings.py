@@ -57,7 +57,8 @@ def connection_from_env(conn_id: str, environ: Mapping[str, str] | None = None) 
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name} is not JSON ({exc}); write it as '{{\"conn_type\": ..., \"extra\": {{...}}}}'") from None
+        example = '{"conn_type": ..., "extra": {...}}'
+        raise ConfigError(f"{name} is not JSON ({exc}); write it as '{example}'") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{name} must be a JSON object")
     extra = data.get("extra") or {}
@@ -86,7 +87,8 @@ def kafka_config(extra: Mapping[str, Any] | None, *, conn_id: str = KAFKA_CONN_I
     if not servers or not isinstance(servers, str):
         raise ConfigError(
             f"connection {conn_id!r} has no 'bootstrap.servers' in its extra; "
-            f'set e.g. AIRFLOW_CONN_{conn_id.upper()}=\'{{"conn_type":"kafka","extra":{{"bootstrap.servers":"127.0.0.1:9092"}}}}\''
+            f"set e.g. AIRFLOW_CONN_{conn_id.upper()}="
+            '\'{"conn_type":"kafka","extra":{"bootstrap.servers":"127.0.0.1:9092"}}\''
         )
     return config
 
