@@ -77,18 +77,22 @@ class _Pump:
         stalest = sorted(((a, k) for k, a in ages.items() if a is not None), reverse=True)[:STALEST_SHOWN]
         shown = ", ".join(f"{k}={a:.1f}s" for a, k in stalest)
         stats = self.client.stats
+        heartbeat = self.client.last_heartbeat
+        delayed = self.client.delayed_symbols()
         logger.info(
             "stats: %.1f quotes/s, %d sent, %d delivered, %d in flight, %d reconnect(s), errors %s; "
-            "last tick age (stalest): %s; no tick yet: %d symbol(s)%s",
+            "last heartbeat %s ago; last tick age (stalest): %s; no tick yet: %d symbol(s)%s; delayed feed: %s",
             rate,
             sent,
             self.producer.delivered,
             self.producer.in_flight,
             stats.reconnects,
             dict(stats.errors) or "{}",
+            "-" if heartbeat is None else f"{now - heartbeat:.1f}s",
             shown or "-",
             len(never),
             f" ({', '.join(never[:STALEST_SHOWN])})" if never else "",
+            ", ".join(f"{k}={m}" for k, m in sorted(delayed.items())[:STALEST_SHOWN]) or "none",
         )
 
 
@@ -159,6 +163,7 @@ def _summary(
         "malformed_packets": stats.malformed_packets,
         "errors": dict(stats.errors),
         "dropped_symbols": dict(client.session.dropped),
+        "delayed_symbols": client.delayed_symbols(),
         "stopped_by": "stop_request" if stop.is_set() else "max_seconds",
         "seconds": round(stopped_at - started, 3),
         "flush_seconds": round(time.monotonic() - stopped_at, 3),

@@ -137,6 +137,7 @@ def test_unknown_symbol_is_dropped_once_and_the_others_go_on(make_topic, kafka_b
     assert len(stats_lines) >= 3
     assert "quotes/s" in stats_lines[-1] and "0 reconnect(s)" in stats_lines[-1]
     assert "BINANCE:SOLUSDT=" in stats_lines[-1] and "no tick yet: 0 symbol(s)" in stats_lines[-1]
+    assert "last heartbeat" in stats_lines[-1] and "delayed feed: none" in stats_lines[-1]
     _assert_no_duplicates_no_gaps(read_topic(kafka_bootstrap, topic, expect=summary["quotes"]), summary)
 
 

@@ -89,6 +89,7 @@ def test_replay_through_produce_command_gives_the_merged_snapshots(tmp_path, mak
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["quotes"] == len(EXPECTED)
     assert summary["reconnects"] == 0 and summary["errors"] == {} and summary["malformed_packets"] == 0
+    assert summary["delayed_symbols"] == {}  # every replayed symbol is update_mode=streaming (or unknown)
     assert summary["heartbeats"] >= 3 and echoed >= 3
     for key in ("packets", "heartbeats", "reconnects", "malformed_packets", "errors"):
         assert key in summary

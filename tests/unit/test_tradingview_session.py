@@ -189,3 +189,18 @@ def test_backoff_is_full_jitter_and_capped():
         assert all(0.0 <= s <= ceiling for s in samples)
         assert max(samples) > 0.8 * ceiling  # really spread over the whole range
     assert backoff_delay(500, 0.5, 30.0, rng) <= 30.0
+
+
+def test_delayed_feeds_are_flagged_per_symbol():
+    from include.quoteflow.tradingview.client import ClientConfig, TradingViewClient
+
+    client = TradingViewClient(
+        ClientConfig(url="ws://127.0.0.1:1", symbols=["TVC:NDX", "BINANCE:SOLUSDT", "NYSE:X"]),
+        lambda state, received_at: None,
+    )
+    session = client.session
+    session.setup_packets()
+    _qsd(session, "TVC:NDX", {"lp": 1.0, "update_mode": "delayed_streaming_900"})
+    _qsd(session, "BINANCE:SOLUSDT", {"lp": 1.0, "update_mode": "streaming"})
+    assert client.delayed_symbols() == {"TVC:NDX": "delayed_streaming_900"}
+    assert client.last_tick_ages()["NYSE:X"] is None

@@ -176,6 +176,7 @@ class TradingViewClient:
         self._recorder: Recorder | None = None
         self.connected_at: float | None = None
         self.last_inbound: float | None = None
+        self.last_heartbeat: float | None = None
         header = {k: v for k, v in config.headers.items() if k.lower() not in ("origin", "host")}
         self._header = [f"{k}: {v}" for k, v in header.items()]
         self._origin = next((v for k, v in config.headers.items() if k.lower() == "origin"), None)
@@ -369,6 +370,7 @@ class TradingViewClient:
                 continue
             if payload.startswith("~h~") and payload[3:].isdigit():
                 stats.heartbeats += 1
+                self.last_heartbeat = now
                 self._send(frame(payload))
                 continue
             packet = parse_payload(payload)
@@ -400,6 +402,14 @@ class TradingViewClient:
             key: (None if state.last_tick is None else round(now - state.last_tick, 1))
             for key, state in self.session.states.items()
             if key not in self.session.dropped
+        }
+
+    def delayed_symbols(self) -> dict[str, str]:
+        """Symbols whose feed is not real-time (``update_mode`` other than ``streaming``), e.g. 15-min delayed."""
+        return {
+            key: mode
+            for key, state in self.session.states.items()
+            if (mode := state.values.get("update_mode")) not in (None, "streaming")
         }
 
     def summary_errors(self) -> dict[str, Any]:
