@@ -65,8 +65,20 @@ ELASTICSEARCH_CONN_ID = "elasticsearch_default"
         "dry_run": Param(
             False, type="boolean", title="Dry run", description="Only resolve and report the ranges; index nothing."
         ),
-        "dlq_topic": Param("quotes.tradingview.dlq", type="string", minLength=1, title="Dead-letter topic"),
-        "index_prefix": Param("quotes-tradingview-", type="string", minLength=1, title="Index prefix"),
+        "dlq_topic": Param(
+            "quotes.tradingview.dlq",
+            type="string",
+            minLength=1,
+            title="Dead-letter topic",
+            description="Where invalid or rejected records go, with origin and reason.",
+        ),
+        "index_prefix": Param(
+            "quotes-tradingview-",
+            type="string",
+            minLength=1,
+            title="Index prefix",
+            description="Documents go to <prefix>YYYY.MM.DD by @timestamp.",
+        ),
         "group_id": Param(
             "quoteflow-indexer",
             type="string",

@@ -38,10 +38,34 @@ ELASTICSEARCH_CONN_ID = "elasticsearch_default"
             title="Check up to",
             description="'committed': the last completed window; 'high': the log end (may race live runs).",
         ),
-        "topic": Param("quotes.tradingview", type="string", minLength=1, title="Quotes topic"),
-        "dlq_topic": Param("quotes.tradingview.dlq", type="string", minLength=1, title="Dead-letter topic"),
-        "index_prefix": Param("quotes-tradingview-", type="string", minLength=1, title="Index prefix"),
-        "group_id": Param("quoteflow-indexer", type="string", minLength=1, title="Indexer consumer group"),
+        "topic": Param(
+            "quotes.tradingview",
+            type="string",
+            minLength=1,
+            title="Quotes topic",
+            description="The Kafka topic the producer writes quotes to.",
+        ),
+        "dlq_topic": Param(
+            "quotes.tradingview.dlq",
+            type="string",
+            minLength=1,
+            title="Dead-letter topic",
+            description="Where invalid or rejected records go, with origin and reason.",
+        ),
+        "index_prefix": Param(
+            "quotes-tradingview-",
+            type="string",
+            minLength=1,
+            title="Index prefix",
+            description="Documents go to <prefix>YYYY.MM.DD by @timestamp.",
+        ),
+        "group_id": Param(
+            "quoteflow-indexer",
+            type="string",
+            minLength=1,
+            title="Indexer consumer group",
+            description="Its committed offsets mark the end of the last completed window.",
+        ),
     },
 )
 def quotes_reconcile():

@@ -64,8 +64,20 @@ KIBANA_CONN_ID = "kibana_default"
             title="Replication factor",
             description="For new topics only; 1 on a single local broker.",
         ),
-        "topic": Param("quotes.tradingview", type="string", minLength=1, title="Quotes topic"),
-        "dlq_topic": Param("quotes.tradingview.dlq", type="string", minLength=1, title="Dead-letter topic"),
+        "topic": Param(
+            "quotes.tradingview",
+            type="string",
+            minLength=1,
+            title="Quotes topic",
+            description="The Kafka topic the producer writes quotes to.",
+        ),
+        "dlq_topic": Param(
+            "quotes.tradingview.dlq",
+            type="string",
+            minLength=1,
+            title="Dead-letter topic",
+            description="Where invalid or rejected records go, with origin and reason.",
+        ),
         "kibana_timeout_s": Param(
             180,
             type="number",

@@ -68,7 +68,8 @@ class IndexSummary:
             total.retries += int(part["retries"])
             total.bulk_requests += int(part.get("bulk_requests", 0))
             total.elapsed_s = max(total.elapsed_s, float(part["elapsed_s"]))
-            total.lag_records += int(part["lag_records"])
+            lag = int(part["lag_records"])
+            total.lag_records = -1 if lag < 0 or total.lag_records < 0 else total.lag_records + lag
             total.ranges.extend(part["ranges"])
             for reason, n in dict(part.get("dead_letter_reasons") or {}).items():
                 total.dead_letter_reasons[reason] = total.dead_letter_reasons.get(reason, 0) + int(n)
@@ -114,10 +115,12 @@ def plan_window(
         raise ConfigError(f"window end {end.isoformat()} is in the future; records may still arrive in it")
     check_topic(kafka_config, topic)
     consumer = make_consumer(kafka_config, group_id)
+    failing = True
     try:
         ranges = window_ranges(consumer, topic, start_ms, end_ms)
+        failing = False
     finally:
-        consumer.close()
+        _close(consumer, failing, "the Kafka consumer")
     return [[r.to_dict() for r in group] for group in group_ranges(ranges, groups)]
 
 
@@ -207,7 +210,7 @@ def index_ranges(
             )
         if commit:
             summary.committed = commit_if_ahead(consumer, parts)
-        summary.lag_records = sum(max(0, watermarks(consumer, r.topic, r.partition)[1] - r.end) for r in parts)
+        summary.lag_records = _lag(consumer, parts)
         failing = False
     finally:
         writer.close()
@@ -230,6 +233,17 @@ def index_ranges(
         f" committed={summary.committed}" if commit else "",
     )
     return summary
+
+
+def _lag(consumer: Any, parts: Sequence[PartitionRange]) -> int:
+    """Records appended after the ranges' ends; -1 if unknown (lag is reporting only, never a failure)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return sum(max(0, watermarks(consumer, r.topic, r.partition)[1] - r.end) for r in parts)
+    except KafkaException as exc:
+        logger.warning("could not read watermarks for the lag figure: %s", exc)
+        return -1
 
 
 def commit_window(

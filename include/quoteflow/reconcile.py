@@ -222,7 +222,7 @@ def reconcile(
     retry: RetryPolicy | None = None,
 ) -> dict[str, Any]:
     """Find the holes per partition; with ``repair``, re-index them and check again. Returns a JSON-able summary."""
-    args = {"topic": topic, "dlq_topic": dlq_topic, "index_prefix": index_prefix, "group_id": group_id}
+    args: dict[str, Any] = {"topic": topic, "dlq_topic": dlq_topic, "index_prefix": index_prefix, "group_id": group_id}
     reports = compare(kafka_config, es, until=until, **args)
     holes = [PartitionRange(topic, r.partition, a, b) for r in reports for a, b in r.holes]
     missing = sum(h.size for h in holes)

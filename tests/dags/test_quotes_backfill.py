@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from include.quoteflow.elastic.template import ensure_template
 from include.quoteflow.indexer import index_window
 from tests.dags.dag_support import load_dag, returns, task_states
@@ -61,3 +63,20 @@ def test_backfill_and_reconcile_restore_deleted_documents(
     ]
     assert (result["missing"], result["repaired"], result["missing_after_repair"]) == (5, 5, 0)
     assert es_sources(es_client, fresh_index_prefix) == full
+
+
+@pytest.mark.parametrize("dag_id", ["quotes_setup", "quotes_indexer", "quotes_backfill", "quotes_reconcile"])
+def test_params_are_typed_titled_and_described(dag_id: str) -> None:
+    dag = load_dag(dag_id)
+    assert dag.params, f"{dag_id} has no params"
+    for name in dag.params:
+        param = dag.params.get_param(name)
+        assert param.schema.get("type") and param.schema.get("title"), f"{dag_id}.{name}: {param.schema}"
+        assert param.description, f"{dag_id}.{name} has no description"
+
+
+def test_schedules_are_as_designed() -> None:
+    assert load_dag("quotes_backfill").timetable.__class__.__name__ == "NullTimetable"
+    assert load_dag("quotes_setup").timetable.__class__.__name__ == "NullTimetable"
+    reconcile = load_dag("quotes_reconcile")
+    assert reconcile.catchup is False and reconcile.schedule == "@hourly"

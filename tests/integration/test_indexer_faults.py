@@ -20,7 +20,7 @@ from elasticsearch import Elasticsearch
 
 from include.quoteflow.elastic.bulk import ElasticsearchUnavailable, RetryPolicy
 from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import index_window
+from include.quoteflow.indexer import IndexSummary, index_ranges, index_window, plan_window
 from tests.helpers.services import service_is_up, start_service, stop_service
 from tests.integration.indexer_support import (
     LOG_APPEND,
@@ -119,29 +119,65 @@ def test_kill_9_mid_window_then_rerun_is_exact(env) -> None:
     assert committed(env["bootstrap"], env["topic"], env["group"], 2) == ends
 
 
-def test_elasticsearch_stopped_fails_after_budget_commits_nothing_then_rerun_is_exact(env) -> None:
+def test_elasticsearch_stopped_mid_window_fails_after_budget_commits_nothing_then_rerun_is_exact(env) -> None:
     start = datetime.now(UTC)
     time.sleep(0.05)
-    delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(3000)])
+    total = 60_000
+    delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(total)])
     time.sleep(1.1)
     end = datetime.now(UTC)
-    stop_service("elasticsearch")
+    ranges = [r for group in plan_window(env["cfg"], start, end, topic=env["topic"]) for r in group]
+    outcome: list[BaseException | IndexSummary] = []
+
+    def run() -> None:
+        try:  # small chunks, one in flight: the window is still running when Elasticsearch goes down
+            outcome.append(
+                index_ranges(
+                    env["cfg"],
+                    env["es"],
+                    ranges,
+                    chunk_docs=200,
+                    in_flight=1,
+                    commit=True,
+                    retry=RetryPolicy(0.2, 2.0, budget_s=8),
+                    dlq_topic=env["dlq"],
+                    index_prefix=env["prefix"],
+                    group_id=env["group"],
+                )  # fmt: skip
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread to assert on
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
     try:
-        began = time.monotonic()
-        with pytest.raises(ElasticsearchUnavailable, match="retry budget") as info:
-            index_window(env["cfg"], env["es"], start, end, retry=RetryPolicy(0.2, 2.0, budget_s=6), **_kw(env))
-        took = time.monotonic() - began
-        assert 4 <= took < 40, f"failed after {took:.1f}s, expected about the 6 s budget"
-        assert "ConnectionError" in str(info.value) or "Connection" in str(info.value)
+        deadline = time.monotonic() + 60
+        while _count_or_zero(env["es"], env["prefix"]) == 0:
+            assert worker.is_alive(), f"the window ended before Elasticsearch could be stopped: {outcome}"
+            assert time.monotonic() < deadline, "nothing indexed within 60 s"
+            time.sleep(0.05)
+        stop_service("elasticsearch")
+        worker.join(120)
+        assert not worker.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], ElasticsearchUnavailable), outcome
+        assert "retry budget" in str(outcome[0])
         assert all(o < 0 for o in committed(env["bootstrap"], env["topic"], env["group"], 2).values())
         assert dead_letters(env["bootstrap"], env["dlq"]) == []  # an outage is not the records' fault
     finally:
+        worker.join(120)
         if not service_is_up("elasticsearch"):
             start_service("elasticsearch")
+    assert 0 < es_count(env["es"], env["prefix"]) < total
     summary = index_window(env["cfg"], env["es"], start, end, **_kw(env))
-    assert (summary.read, summary.indexed, summary.dead_lettered) == (3000, 3000, 0)
-    docs = es_sources(env["es"], env["prefix"])
-    assert {i: (d["symbol"], d["price"]) for i, d in docs.items()} == expected_docs(env["topic"], delivered)
+    assert (summary.read, summary.indexed, summary.dead_lettered) == (total, total, 0)
+    assert es_count(env["es"], env["prefix"]) == total
+    docs = es_sources(env["es"], env["prefix"])  # the first 10,000: values as produced
+    want = expected_docs(env["topic"], delivered)
+    assert docs and all(want[i] == (d["symbol"], d["price"]) for i, d in docs.items())
+    ends: dict[int, int] = {}
+    for p, o, _, _ in delivered:
+        ends[p] = max(ends.get(p, 0), o + 1)
+    assert committed(env["bootstrap"], env["topic"], env["group"], 2) == ends
 
 
 class _Rejecting429Proxy:

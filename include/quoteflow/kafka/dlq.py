@@ -241,7 +241,7 @@ def replay_dead_letters(
                     skipped += 1
                     continue
                 seen.add(origin)
-                headers = [("replay.origin", "-".join(map(str, origin)).encode())]
+                headers: list[tuple[str, str | bytes | None]] = [("replay.origin", "-".join(map(str, origin)).encode())]
                 producer.produce(
                     target_topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
                 )

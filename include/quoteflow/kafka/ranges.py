@@ -88,10 +88,19 @@ def topic_partitions(consumer: Any, topic: str) -> list[int]:
 
 def watermarks(consumer: Any, topic: str, partition: int) -> tuple[int, int]:
     """``(low, high)`` watermarks of one partition."""
-    from confluent_kafka import TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
-    return int(low), int(high)
+    for attempt in range(4):
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+            return int(low), int(high)
+        except KafkaException as exc:
+            # The client's metadata cache may not know a partition it has not fetched yet: refresh, retry.
+            if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION or attempt == 3:
+                raise
+            consumer.list_topics(topic=topic, timeout=METADATA_TIMEOUT_S)
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def offsets_at(consumer: Any, topic: str, partitions: Sequence[int], epoch_ms: int) -> dict[int, int]:
