@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from include.quoteflow import settings
@@ -61,6 +62,26 @@ def _retry(args: argparse.Namespace) -> Any:
     return RetryPolicy(budget_s=args.retry_budget, max_backoff_s=min(10.0, args.retry_budget))
 
 
+def _reported(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command; a runtime failure still prints one JSON line (``ok: false``) and exits 1."""
+    from confluent_kafka import KafkaException
+
+    from include.quoteflow.elastic.bulk import BulkError
+    from include.quoteflow.kafka.dlq import DeadLetterError
+    from include.quoteflow.kafka.ranges import RangeReadError
+    from include.quoteflow.kibana import KibanaError
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (BulkError, RangeReadError, DeadLetterError, KibanaError, KafkaException) as exc:
+            logger.error("%s failed: %s", name, exc)
+            _print({"command": name, "ok": False, "error": type(exc).__name__, "detail": str(exc)})
+            return 1
+
+    return run
+
+
 def register(subparsers: Any) -> None:
     """Add the indexer subcommands to the top-level parser."""
     p = subparsers.add_parser("setup", help="create/align topics, index template and Kibana objects (idempotent)")
@@ -71,37 +92,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("--replication-factor", type=int, default=1)
     p.add_argument("--kibana-conn", default=settings.KIBANA_CONN_ID)
     p.add_argument("--kibana-timeout", type=float, default=120.0)
-    p.set_defaults(func=cmd_setup)
+    p.set_defaults(func=_reported("setup", cmd_setup))
 
     p = subparsers.add_parser("index", help="index one window [start, end) of the quotes topic")
     _common(p)
     p.add_argument("--start", required=True, help="ISO-8601 window start (inclusive)")
     p.add_argument("--end", required=True, help="ISO-8601 window end (exclusive)")
     p.add_argument("--no-commit", action="store_true", help="do not move the group's committed offsets")
-    p.set_defaults(func=cmd_index)
+    p.set_defaults(func=_reported("index", cmd_index))
 
     p = subparsers.add_parser("backfill", help="re-index an offset or time range of one or more partitions")
     _common(p)
     p.add_argument("--partition", type=int, action="append", help="partition (repeatable; default all)")
-    p.add_argument("--from-offset", type=int)
-    p.add_argument("--to-offset", type=int, help="exclusive end offset")
+    p.add_argument("--from-offset", type=int, help="first offset to re-index (inclusive)")
+    p.add_argument("--to-offset", type=int, help="offset after the last one to re-index (exclusive)")
     p.add_argument("--from-time", help="ISO-8601 start (inclusive)")
     p.add_argument("--to-time", help="ISO-8601 end (exclusive)")
     p.add_argument("--dry-run", action="store_true")
-    p.set_defaults(func=cmd_backfill)
+    p.set_defaults(func=_reported("backfill", cmd_backfill))
 
     p = subparsers.add_parser("reconcile", help="find (and with --repair, fill) holes between Kafka and ES")
     _common(p)
     p.add_argument("--repair", action="store_true")
     p.add_argument("--until", choices=("committed", "high"), default="committed")
-    p.set_defaults(func=cmd_reconcile)
+    p.set_defaults(func=_reported("reconcile", cmd_reconcile))
 
     p = subparsers.add_parser("dlq", help="list dead letters, or replay them into the quotes topic")
     _common(p)
     p.add_argument("action", choices=("list", "replay"))
     p.add_argument("--reason", help="only dead letters with this error.reason")
     p.add_argument("--limit", type=int, default=50, help="list: show at most this many")
-    p.set_defaults(func=cmd_dlq)
+    p.set_defaults(func=_reported("dlq", cmd_dlq))
 
 
 def cmd_setup(args: argparse.Namespace) -> int:

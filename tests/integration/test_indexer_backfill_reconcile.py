@@ -197,3 +197,13 @@ def test_setup_cli_twice_second_run_changes_nothing(kafka_bootstrap, kafka_admin
         assert "nothing changed" in second.stderr
     finally:
         kafka_admin.delete_topics([topic, f"{topic}.dlq"], operation_timeout=30)
+
+
+def test_cli_failure_still_prints_one_json_line_and_exits_1(loaded) -> None:
+    unreachable = {**loaded, "es_url": "http://127.0.0.1:9"}  # nothing listens on port 9
+    proc = _cli(unreachable, "index", "--start", loaded["start"].isoformat(), "--end", loaded["end"].isoformat(),
+                "--retry-budget", "1", "--no-commit")  # fmt: skip
+    assert proc.returncode == 1
+    summary = _summary(proc)
+    assert summary["ok"] is False and summary["error"] == "ElasticsearchUnavailable"
+    assert "retry budget" in summary["detail"]
