@@ -21,6 +21,7 @@ from include.quoteflow.kafka.ranges import (
     check_retained,
     make_consumer,
     offsets_at,
+    timestamp_at,
     topic_partitions,
     watermarks,
 )
@@ -35,20 +36,6 @@ MODES = ("offsets", "time")
 def backfill_group(group_id: str) -> str:
     """The group id backfills read under: never the live indexer's."""
     return f"{group_id}-backfill"
-
-
-def _first_timestamp_ms(consumer: Any, topic: str, partition: int, offset: int) -> int | None:
-    """LogAppendTime of the record at ``offset`` (None if it cannot be read within a few seconds)."""
-    from confluent_kafka import TopicPartition
-
-    consumer.assign([TopicPartition(topic, partition, offset)])
-    try:
-        for msg in consumer.consume(num_messages=1, timeout=5.0):
-            if msg.error() is None:
-                return int(msg.timestamp()[1])
-    finally:
-        consumer.unassign()
-    return None
 
 
 def resolve_ranges(
@@ -87,7 +74,7 @@ def resolve_ranges(
         low, high = watermarks(consumer, topic, p)
         if low > 0 and starts[p] <= low:
             # Records before `low` were deleted; refuse if any of them could have been in the range.
-            first_ms = _first_timestamp_ms(consumer, topic, p, low) if low < high else None
+            first_ms = timestamp_at(consumer, topic, p, low) if low < high else None
             if first_ms is None or first_ms > start_ms:
                 since = format_timestamp(first_ms / 1000, milliseconds=True) if first_ms else "nothing"
                 raise RangeUnavailable(

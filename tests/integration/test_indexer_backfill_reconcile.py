@@ -207,3 +207,27 @@ def test_cli_failure_still_prints_one_json_line_and_exits_1(loaded) -> None:
     summary = _summary(proc)
     assert summary["ok"] is False and summary["error"] == "ElasticsearchUnavailable"
     assert "retry budget" in summary["detail"]
+
+
+def test_records_lost_to_retention_are_refused_by_backfill_and_flagged_by_windows(loaded, kafka_admin, caplog) -> None:
+    from confluent_kafka import TopicPartition
+
+    from include.quoteflow.indexer import plan_window
+
+    topic = loaded["topic"]
+    # Delete the head of partition 0 the way retention does: the low watermark moves up.
+    kafka_admin.delete_records([TopicPartition(topic, 0, 100)])[TopicPartition(topic, 0, 100)].result(timeout=30)
+    with pytest.raises(RangeUnavailable, match=r"Kafka holds \[100, "):
+        backfill(loaded["cfg"], loaded["es"], mode="offsets", start=50, end=150, partitions=[0], **_kw(loaded))
+    before = loaded["start"] - timedelta(seconds=5)
+    with pytest.raises(RangeUnavailable, match="no longer retains records from"):
+        backfill(
+            loaded["cfg"], loaded["es"], mode="time", start=before, end=loaded["end"], partitions=[0], **_kw(loaded)
+        )
+    ok = backfill(loaded["cfg"], loaded["es"], mode="offsets", start=100, end=150, partitions=[0], **_kw(loaded))
+    assert ok["read"] == 50
+    with caplog.at_level("WARNING", logger="include.quoteflow.kafka.ranges"):
+        groups = plan_window(loaded["cfg"], before, loaded["end"], topic=topic)
+    assert [r["start"] for g in groups for r in g if r["partition"] == 0] == [100]
+    assert "deleted by retention" in caplog.text and f"{topic}[0]" in caplog.text
+    assert f"{topic}[1]" not in caplog.text

@@ -121,6 +121,46 @@ def offsets_at(consumer: Any, topic: str, partitions: Sequence[int], epoch_ms: i
     return out
 
 
+def timestamp_at(consumer: Any, topic: str, partition: int, offset: int, timeout_s: float = 5.0) -> int | None:
+    """The timestamp (ms) of the record at ``offset``; ``None`` if it cannot be read within ``timeout_s``."""
+    from confluent_kafka import TopicPartition
+
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    try:
+        for msg in consumer.consume(num_messages=1, timeout=timeout_s):
+            if msg.error() is None:
+                return int(msg.timestamp()[1])
+    finally:
+        consumer.unassign()
+    return None
+
+
+def warn_if_expired(consumer: Any, ranges: Sequence[PartitionRange], start_ms: int) -> list[int]:
+    """Partitions where retention may already have deleted records of a window starting at ``start_ms``.
+
+    A window that begins at a partition's low watermark, on a log that has lost its head, and whose
+    first retained record is younger than the window start may have lost records: say so loudly.
+    """
+    suspect = []
+    for r in ranges:
+        if r.start == 0:
+            continue
+        low, high = watermarks(consumer, r.topic, r.partition)
+        if r.start > low or low >= high:
+            continue  # the window starts inside the retained log (or nothing is retained to compare with)
+        first_ms = timestamp_at(consumer, r.topic, r.partition, low)
+        if first_ms is not None and first_ms > start_ms:
+            suspect.append(r.partition)
+            logger.warning(
+                "%s[%s]: the window starts before the oldest retained record (offset %s); records appended "
+                "between the window start and then were deleted by retention and cannot be indexed",
+                r.topic,
+                r.partition,
+                low,
+            )
+    return suspect
+
+
 def window_ranges(
     consumer: Any, topic: str, start_ms: int, end_ms: int, partitions: Sequence[int] | None = None
 ) -> list[PartitionRange]:
@@ -130,7 +170,9 @@ def window_ranges(
     parts = list(partitions) if partitions else topic_partitions(consumer, topic)
     starts = offsets_at(consumer, topic, parts, start_ms)
     ends = offsets_at(consumer, topic, parts, end_ms)
-    return [PartitionRange(topic, p, starts[p], max(starts[p], ends[p])) for p in parts]
+    ranges = [PartitionRange(topic, p, starts[p], max(starts[p], ends[p])) for p in parts]
+    warn_if_expired(consumer, ranges, start_ms)
+    return ranges
 
 
 def group_ranges(ranges: Sequence[PartitionRange], groups: int) -> list[list[PartitionRange]]:
