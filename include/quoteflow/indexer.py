@@ -36,6 +36,10 @@ from include.quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, 
 logger = logging.getLogger(__name__)
 
 FUTURE_GRACE_S = 1.0
+# A record the broker stamped just before a window's end may not be readable yet (in flight, or not
+# yet replicated to the high watermark). Planning a window waits until its end is this far in the past,
+# so such a record is not left between this window's end offset and the next window's start offset.
+SETTLE_S = 3.0
 # While the main thread builds documents (CPU-bound), the bulk sender threads need the GIL for short
 # moments to push bytes and read replies; at the default 5 ms switch interval each of those waits up
 # to 5 ms, which measurably idles Elasticsearch. 1 ms keeps requests flowing (+15-25 % docs/s here).
@@ -123,12 +127,16 @@ def plan_window(
     groups: int = 1,
     group_id: str = CONSUMER_GROUP,
     now: datetime | None = None,
+    settle_s: float = SETTLE_S,
 ) -> list[list[dict[str, Any]]]:
     """Window bounds → per-partition offset ranges, split into at most ``groups`` lists (plain dicts)."""
     start_ms, end_ms = _epoch_ms(start), _epoch_ms(end)
     current = now or datetime.now(UTC)
     if end_ms > (current.timestamp() + FUTURE_GRACE_S) * 1000:
         raise ConfigError(f"window end {end.isoformat()} is in the future; records may still arrive in it")
+    wait = end_ms / 1000 + settle_s - time.time()
+    if wait > 0:
+        time.sleep(wait)
     check_topic(kafka_config, topic)
     consumer = make_consumer(kafka_config, group_id)
     failing = True

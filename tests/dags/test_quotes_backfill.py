@@ -31,7 +31,7 @@ def test_backfill_and_reconcile_restore_deleted_documents(
     start = datetime.now(UTC)
     time.sleep(0.05)
     delivered = produce(kafka_bootstrap, topic, [quote_value(i) for i in range(600)])
-    time.sleep(1.1)
+    time.sleep(0.05)
     index_window(cfg, es_client, start, datetime.now(UTC), topic=topic, dlq_topic=dlq,
                  index_prefix=fresh_index_prefix, group_id=group)  # fmt: skip
     full = es_sources(es_client, fresh_index_prefix)

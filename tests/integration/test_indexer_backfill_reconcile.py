@@ -52,7 +52,7 @@ def loaded(kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix):
     records = [quote_value(i) for i in range(1000)]
     records[500:500] = [(b"BINANCE:SOLUSDT", v) for _, v in poison_values()[:2]]
     env["delivered"] = produce(kafka_bootstrap, topic, records)
-    time.sleep(1.1)
+    time.sleep(0.05)
     env["end"] = datetime.now(UTC)
     summary = index_window(env["cfg"], es_client, env["start"], env["end"], **_kw(env))
     assert (summary.indexed, summary.dead_lettered) == (1000, 2)

@@ -75,12 +75,15 @@ def _cli_env(env) -> dict[str, str]:
     }
 
 
-def _count_or_zero(es, prefix: str) -> int:
+def _count_or_zero(es, prefix: str, refresh: bool = False) -> int:
     """Document count, or 0 while the first index is still starting its shard (503)."""
     from elasticsearch import ApiError
 
+    client = es.options(max_retries=0)
     try:
-        return es.options(max_retries=0).count(index=f"{prefix}*", allow_no_indices=True)["count"]
+        if refresh:
+            client.indices.refresh(index=f"{prefix}*", allow_no_indices=True)
+        return client.count(index=f"{prefix}*", allow_no_indices=True)["count"]
     except ApiError as exc:
         if exc.status_code != 503:
             raise
@@ -90,13 +93,13 @@ def _count_or_zero(es, prefix: str) -> int:
 def test_kill_9_mid_window_then_rerun_is_exact(env) -> None:
     start = datetime.now(UTC)
     time.sleep(0.05)
-    delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(60_000)])
-    time.sleep(1.1)
+    delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(120_000)])
+    time.sleep(0.05)
     end = datetime.now(UTC)
     proc = subprocess.Popen(_cli(env, start, end), env=_cli_env(env), cwd=ROOT, stdout=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while _count_or_zero(env["es"], env["prefix"]) == 0:
+        while _count_or_zero(env["es"], env["prefix"], refresh=True) == 0:
             assert proc.poll() is None, "the indexer finished before it could be killed"
             assert time.monotonic() < deadline, "the indexer indexed nothing within 60 s"
             time.sleep(0.05)
@@ -105,14 +108,14 @@ def test_kill_9_mid_window_then_rerun_is_exact(env) -> None:
         proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     partial = es_count(env["es"], env["prefix"])
-    assert 0 < partial < 60_000
+    assert 0 < partial < 120_000
     assert all(o < 0 for o in committed(env["bootstrap"], env["topic"], env["group"], 2).values())
 
     rerun = subprocess.run(_cli(env, start, end), env=_cli_env(env), cwd=ROOT, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
-    assert summary["command"] == "index" and summary["read"] == summary["indexed"] == 60_000
-    assert es_count(env["es"], env["prefix"]) == 60_000
+    assert summary["command"] == "index" and summary["read"] == summary["indexed"] == 120_000
+    assert es_count(env["es"], env["prefix"]) == 120_000
     ends = {}
     for p, o, _, _ in delivered:
         ends[p] = max(ends.get(p, 0), o + 1)
@@ -124,7 +127,7 @@ def test_elasticsearch_stopped_mid_window_fails_after_budget_commits_nothing_the
     time.sleep(0.05)
     total = 60_000
     delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(total)])
-    time.sleep(1.1)
+    time.sleep(0.05)
     end = datetime.now(UTC)
     ranges = [r for group in plan_window(env["cfg"], start, end, topic=env["topic"]) for r in group]
     outcome: list[BaseException | IndexSummary] = []
@@ -263,7 +266,7 @@ def test_429s_for_items_and_requests_are_retried_counted_and_exact(env) -> None:
         start = datetime.now(UTC)
         time.sleep(0.05)
         delivered = produce(env["bootstrap"], env["topic"], [quote_value(i) for i in range(4000)])
-        time.sleep(1.1)
+        time.sleep(0.05)
         es = Elasticsearch(proxy.url, request_timeout=60)
         summary = index_window(
             env["cfg"], es, start, datetime.now(UTC), retry=RetryPolicy(0.01, 0.2, budget_s=60), **_kw(env)
