@@ -104,19 +104,20 @@ def quotes_backfill():
                 start, end = int(params["start"]), int(params["end"])
             else:
                 start, end = parse_bound(params["start"]), parse_bound(params["end"])
-            return backfill(
-                kafka_config(connection_info(KAFKA_CONN_ID).extra),
-                Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))),
-                mode=params["mode"],
-                start=start,
-                end=end,
-                partitions=params["partitions"] or None,
-                topic=params["topic"],
-                dlq_topic=params["dlq_topic"],
-                index_prefix=params["index_prefix"],
-                group_id=params["group_id"],
-                dry_run=bool(params["dry_run"]),
-            )
+            with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
+                return backfill(
+                    kafka_config(connection_info(KAFKA_CONN_ID).extra),
+                    es,
+                    mode=params["mode"],
+                    start=start,
+                    end=end,
+                    partitions=params["partitions"] or None,
+                    topic=params["topic"],
+                    dlq_topic=params["dlq_topic"],
+                    index_prefix=params["index_prefix"],
+                    group_id=params["group_id"],
+                    dry_run=bool(params["dry_run"]),
+                )
         except (ConfigError, ValueError) as exc:  # a wrong request: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
 

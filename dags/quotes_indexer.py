@@ -124,17 +124,17 @@ def quotes_indexer():
         from include.quoteflow.indexer import index_ranges
         from include.quoteflow.settings import elasticsearch_client_args, kafka_config
 
-        es = Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID)))
-        summary = index_ranges(
-            kafka_config(connection_info(KAFKA_CONN_ID).extra),
-            es,
-            ranges,
-            dlq_topic=params["dlq_topic"],
-            index_prefix=params["index_prefix"],
-            group_id=params["group_id"],
-            retry=RetryPolicy(budget_s=float(params["retry_budget_s"])),
-            label=f"partitions {[r['partition'] for r in ranges]}",
-        )
+        with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
+            summary = index_ranges(
+                kafka_config(connection_info(KAFKA_CONN_ID).extra),
+                es,
+                ranges,
+                dlq_topic=params["dlq_topic"],
+                index_prefix=params["index_prefix"],
+                group_id=params["group_id"],
+                retry=RetryPolicy(budget_s=float(params["retry_budget_s"])),
+                label=f"partitions {[r['partition'] for r in ranges]}",
+            )
         return summary.to_dict()
 
     @task

@@ -77,16 +77,17 @@ def quotes_reconcile():
         from include.quoteflow.reconcile import reconcile as run_reconcile
         from include.quoteflow.settings import elasticsearch_client_args, kafka_config
 
-        result = run_reconcile(
-            kafka_config(connection_info(KAFKA_CONN_ID).extra),
-            Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))),
-            repair=bool(params["repair"]),
-            until=params["until"],
-            topic=params["topic"],
-            dlq_topic=params["dlq_topic"],
-            index_prefix=params["index_prefix"],
-            group_id=params["group_id"],
-        )
+        with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
+            result = run_reconcile(
+                kafka_config(connection_info(KAFKA_CONN_ID).extra),
+                es,
+                repair=bool(params["repair"]),
+                until=params["until"],
+                topic=params["topic"],
+                dlq_topic=params["dlq_topic"],
+                index_prefix=params["index_prefix"],
+                group_id=params["group_id"],
+            )
         remaining = result.get("missing_after_repair", 0 if not params["repair"] else result["missing"])
         if params["repair"] and remaining:
             raise RuntimeError(f"{remaining} offset(s) still missing from Elasticsearch after repair: {result}")

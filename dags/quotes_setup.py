@@ -115,7 +115,8 @@ def quotes_setup():
         from include.quoteflow.elastic.template import ensure_template
         from include.quoteflow.settings import elasticsearch_client_args
 
-        return ensure_template(Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))))
+        with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
+            return ensure_template(es)
 
     @task
     def kibana_objects(params=None) -> dict:
