@@ -20,7 +20,7 @@ from typing import Any
 
 from include.quoteflow.elastic.bulk import BulkItem, BulkWriter, RetryPolicy
 from include.quoteflow.elastic.documents import bulk_lines, check_index_prefix
-from include.quoteflow.kafka.dlq import DeadLetterWriter
+from include.quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterWriter, origins_since
 from include.quoteflow.kafka.ranges import (
     PartitionRange,
     commit_if_ahead,
@@ -40,6 +40,7 @@ FUTURE_GRACE_S = 1.0
 # yet replicated to the high watermark). Planning a window waits until its end is this far in the past,
 # so such a record is not left between this window's end offset and the next window's start offset.
 SETTLE_S = 3.0
+DLQ_CLOCK_MARGIN_MS = 60_000
 # While the main thread builds documents (CPU-bound), the bulk sender threads need the GIL for short
 # moments to push bytes and read replies; at the default 5 ms switch interval each of those waits up
 # to 5 ms, which measurably idles Elasticsearch. 1 ms keeps requests flowing (+15-25 % docs/s here).
@@ -163,8 +164,7 @@ def _close(resource: Any, failing: bool, what: str) -> None:
 def _index_messages(
     batches: Iterable[list[Any]],
     writer: BulkWriter,
-    dlq: DeadLetterWriter,
-    reasons: dict[str, int],
+    letters: list[DeadLetterDraft],
     summary: IndexSummary,
     index_prefix: str,
 ) -> None:
@@ -172,22 +172,44 @@ def _index_messages(
     for batch in batches:
         for msg in batch:
             topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
+            timestamp_ms = msg.timestamp()[1]
             try:
-                lines = bulk_lines(value, topic, partition, offset, msg.timestamp()[1], index_prefix)
+                lines = bulk_lines(value, topic, partition, offset, timestamp_ms, index_prefix)
             except InvalidQuote as exc:
-                dlq.send(
-                    key=msg.key(),
-                    value=value,
-                    origin_topic=topic,
-                    origin_partition=partition,
-                    origin_offset=offset,
-                    reason=exc.reason,
-                    detail=exc.detail,
+                letters.append(
+                    DeadLetterDraft(msg.key(), value, topic, partition, offset, exc.reason, exc.detail, timestamp_ms)
                 )
-                reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
                 continue
-            writer.add(BulkItem(lines, topic, partition, offset, msg.key(), value))
+            writer.add(BulkItem(lines, topic, partition, offset, msg.key(), value, timestamp_ms))
         summary.read += len(batch)
+
+
+def _send_dead_letters(consumer: Any, dlq: DeadLetterWriter, letters: list[DeadLetterDraft]) -> int:
+    """Write the window's dead letters, skipping those an earlier run of it already wrote; return how many sent.
+
+    Dead letters of a window are written after its records were appended, so only the DLQ's tail
+    since the oldest of them (less a clock margin) can hold earlier copies: re-runs stay exact there too.
+    """
+    if not letters:
+        return 0
+    since_ms = min(letter.timestamp_ms for letter in letters) - DLQ_CLOCK_MARGIN_MS
+    present = origins_since(consumer, dlq.topic, since_ms)
+    sent = 0
+    for letter in letters:
+        if (letter.topic, letter.partition, letter.offset) in present:
+            continue
+        dlq.send(
+            key=letter.key,
+            value=letter.value,
+            origin_topic=letter.topic,
+            origin_partition=letter.partition,
+            origin_offset=letter.offset,
+            reason=letter.reason,
+            detail=letter.detail,
+        )
+        sent += 1
+    dlq.flush()
+    return sent
 
 
 def index_ranges(
@@ -216,29 +238,32 @@ def index_ranges(
     consumer = make_consumer(kafka_config, group_id)
     writer = BulkWriter(es, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes, in_flight=in_flight, retry=retry)
     dlq = DeadLetterWriter(kafka_config, dlq_topic)
-    reasons: dict[str, int] = {}
+    letters: list[DeadLetterDraft] = []
     failing = True
     try:
         with _responsive_gil():
-            _index_messages(read_ranges(consumer, parts), writer, dlq, reasons, summary, index_prefix)
+            _index_messages(read_ranges(consumer, parts), writer, letters, summary, index_prefix)
         stats = writer.flush()
         for rejection in stats.rejections:
             item = rejection.item
-            dlq.send(
-                key=item.key,
-                value=item.value,
-                origin_topic=item.topic,
-                origin_partition=item.partition,
-                origin_offset=item.offset,
-                reason=rejection.reason,
-                detail=rejection.detail,
+            letters.append(
+                DeadLetterDraft(
+                    item.key, item.value, item.topic, item.partition, item.offset,
+                    rejection.reason, rejection.detail, item.timestamp_ms,
+                )
+            )  # fmt: skip
+        written = _send_dead_letters(consumer, dlq, letters)
+        if written != len(letters):
+            logger.info(
+                "%s: %s of %s dead letters were already in the DLQ", label, len(letters) - written, len(letters)
             )
-            reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
-        dlq.flush()
+        reasons: dict[str, int] = {}
+        for letter in letters:
+            reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
         summary.indexed = stats.indexed
         summary.retries = stats.retries
         summary.bulk_requests = stats.requests
-        summary.dead_lettered = dlq.sent
+        summary.dead_lettered = len(letters)
         summary.dead_letter_reasons = reasons
         if summary.indexed + summary.dead_lettered != summary.read:
             raise RuntimeError(

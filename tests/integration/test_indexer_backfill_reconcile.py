@@ -21,6 +21,7 @@ from include.quoteflow.reconcile import find_holes
 from tests.integration.indexer_support import (
     LOG_APPEND,
     committed,
+    dead_letters,
     delete_ids,
     es_count,
     es_sources,
@@ -163,15 +164,17 @@ def test_hole_search_refines_coarse_buckets_with_aggregations(loaded) -> None:
 
 
 def test_dlq_cli_lists_and_replays_each_dead_letter_once(loaded) -> None:
-    # A re-run dead-letters the same records again; listing and replay count each origin once.
-    index_window(loaded["cfg"], loaded["es"], loaded["start"], loaded["end"], **_kw(loaded))
+    # A re-run meets the same bad records again: they are not dead-lettered twice.
+    rerun = index_window(loaded["cfg"], loaded["es"], loaded["start"], loaded["end"], **_kw(loaded))
+    assert rerun.dead_lettered == 2
+    assert len(dead_letters(loaded["bootstrap"], loaded["dlq"])) == 2
     listed = _cli(loaded, "dlq", "list")
     assert listed.returncode == 0
     summary = _summary(listed)
     assert summary["dead_letters"] == 2 and summary["by_reason"] == {"invalid_json": 1, "schema": 1}
     assert {s["origin"].rsplit("-", 2)[0] for s in summary["shown"]} == {loaded["topic"]}
     replayed = _summary(_cli(loaded, "dlq", "replay"))
-    assert (replayed["replayed"], replayed["skipped"]) == (2, 2)
+    assert (replayed["replayed"], replayed["skipped"]) == (2, 0)
     assert _summary(_cli(loaded, "dlq", "replay"))["replayed"] == 0  # already replayed: nothing twice
 
 

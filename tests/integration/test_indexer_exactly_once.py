@@ -119,6 +119,9 @@ def test_poison_and_mapping_rejections_go_to_the_dlq_and_good_records_are_indexe
         assert letter.value == value == want_value and letter.detail
     reasons = [letters[o].reason for _, o, _, _ in delivered[100:105]]
     assert reasons == ["invalid_json", "schema", "schema", "schema", "mapping"]
+    rerun = index_window(env["cfg"], es, start, _now(), **_kw(env))
+    assert (rerun.read, rerun.indexed, rerun.dead_lettered) == (205, 200, 5)
+    assert len(dead_letters(env["bootstrap"], env["dlq"])) == 5  # a re-run writes no second copy
     assert "price" in letters[delivered[101][1]].detail and "surprise" in letters[delivered[102][1]].detail
     assert (
         "document_parsing_exception" in letters[delivered[104][1]].detail

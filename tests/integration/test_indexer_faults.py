@@ -190,7 +190,8 @@ class _Rejecting429Proxy:
         self.upstream = upstream.rstrip("/")
         self.rng = random.Random(seed)
         self.item_share, self.request_share = item_share, request_share
-        self.rejected_items = self.rejected_requests = 0
+        self.rejected_items = self.rejected_requests = self.bulk_requests = 0
+        self.lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -229,7 +230,10 @@ class _Rejecting429Proxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def bulk(self, handler, body: bytes) -> tuple[int, bytes]:
-        if self.rng.random() < self.request_share:
+        with self.lock:
+            self.bulk_requests += 1
+            reject_whole = self.request_share > 0 and (self.bulk_requests - 1) % round(1 / self.request_share) == 0
+        if reject_whole:  # deterministic: the first bulk request, then every 1/share-th one
             self.rejected_requests += 1
             error = {"error": {"type": "es_rejected_execution_exception", "reason": "proxy: queue full"}, "status": 429}
             return 429, json.dumps(error).encode()

@@ -72,6 +72,7 @@ class BulkItem:
     offset: int
     key: bytes | None = None
     value: bytes | None = None
+    timestamp_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,20 @@ class DeadLetter:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterDraft:
+    """A record on its way to the DLQ: original bytes, origin, reason, and its Kafka timestamp."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    timestamp_ms: int
+
+
 def producer_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """An idempotent producer config (``acks=all``) from a Kafka connection config."""
     drop = {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"}
@@ -164,6 +178,21 @@ def read_dead_letters(consumer: Any, topic: str) -> Iterator[DeadLetter]:
     for batch in read_ranges(consumer, ranges):
         for msg in batch:
             yield to_dead_letter(msg)
+
+
+def origins_since(consumer: Any, dlq_topic: str, since_ms: int) -> set[tuple[str, int, int]]:
+    """Origins ``(topic, partition, offset)`` of the dead letters written to ``dlq_topic`` since ``since_ms``."""
+    from include.quoteflow.kafka.ranges import PartitionRange, offsets_at, read_ranges, topic_partitions, watermarks
+
+    parts = topic_partitions(consumer, dlq_topic)
+    starts = offsets_at(consumer, dlq_topic, parts, max(0, since_ms))
+    ranges = [PartitionRange(dlq_topic, p, starts[p], watermarks(consumer, dlq_topic, p)[1]) for p in parts]
+    present: set[tuple[str, int, int]] = set()
+    for batch in read_ranges(consumer, ranges):
+        for msg in batch:
+            letter = to_dead_letter(msg)
+            present.add((letter.origin_topic, letter.origin_partition, letter.origin_offset))
+    return present
 
 
 def dead_lettered_offsets(consumer: Any, dlq_topic: str, origin_topic: str) -> dict[int, set[int]]:
