@@ -49,19 +49,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(es) -> list[float]:
+    from elasticsearch import ConnectionError
+
     """Poll for new documents for MINUTES; return one freshness sample (seconds) per new document."""
     samples: list[float] = []
     newest = datetime.now().astimezone().isoformat()
     deadline = time.monotonic() + MINUTES * 60
     while time.monotonic() < deadline:
-        resp = es.search(
-            index="quotes-tradingview-*",
-            size=10_000,
-            query={"range": {"received_at": {"gt": newest}}},
-            sort=[{"received_at": "asc"}],
-            source=["received_at"],
-            ignore_unavailable=True,
-        )
+        try:
+            resp = es.search(
+                index="quotes-tradingview-*",
+                size=10_000,
+                query={"range": {"received_at": {"gt": newest}}},
+                sort=[{"received_at": "asc"}],
+                source=["received_at"],
+                ignore_unavailable=True,
+            )
+        except ConnectionError as exc:  # a restarting node costs samples, not the whole measurement
+            print(f"freshness: Elasticsearch unreachable ({exc}); retrying", file=sys.stderr)
+            time.sleep(POLL)
+            continue
         seen_at = time.time()
         for hit in resp["hits"]["hits"]:
             received = datetime.fromisoformat(hit["_source"]["received_at"].replace("Z", "+00:00")).timestamp()
