@@ -49,9 +49,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(es) -> list[float]:
+    """Poll for new documents for MINUTES; return one freshness sample (seconds) per new document."""
     from elasticsearch import ConnectionError
 
-    """Poll for new documents for MINUTES; return one freshness sample (seconds) per new document."""
     samples: list[float] = []
     newest = datetime.now().astimezone().isoformat()
     deadline = time.monotonic() + MINUTES * 60
