@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from _shared.connections import connection_info
+from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import Param, dag, task
 
 KAFKA_CONN_ID = "kafka_default"
@@ -30,9 +31,7 @@ ELASTICSEARCH_CONN_ID = "elasticsearch_default"
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
     params={
-        "topic": Param(
-            "quotes.tradingview", type="string", minLength=1, title="Topic", description="The Kafka topic to re-read."
-        ),
+        "topic": topic_param("The Kafka topic to re-read."),
         "partitions": Param(
             [],
             type="array",
@@ -65,27 +64,9 @@ ELASTICSEARCH_CONN_ID = "elasticsearch_default"
         "dry_run": Param(
             False, type="boolean", title="Dry run", description="Only resolve and report the ranges; index nothing."
         ),
-        "dlq_topic": Param(
-            "quotes.tradingview.dlq",
-            type="string",
-            minLength=1,
-            title="Dead-letter topic",
-            description="Where invalid or rejected records go, with origin and reason.",
-        ),
-        "index_prefix": Param(
-            "quotes-tradingview-",
-            type="string",
-            minLength=1,
-            title="Index prefix",
-            description="Documents go to <prefix>YYYY.MM.DD by @timestamp.",
-        ),
-        "group_id": Param(
-            "quoteflow-indexer",
-            type="string",
-            minLength=1,
-            title="Live consumer group",
-            description="Backfills read as '<group>-backfill' and never commit.",
-        ),
+        "dlq_topic": dlq_topic_param(),
+        "index_prefix": index_prefix_param(),
+        "group_id": group_param("Live consumer group", "Backfills read as '<group>-backfill' and never commit."),
     },
 )
 def quotes_backfill():

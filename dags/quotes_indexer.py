@@ -23,6 +23,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from _shared.connections import connection_info
+from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
 
 KAFKA_CONN_ID = "kafka_default"
@@ -57,33 +58,12 @@ START_DATE = datetime.fromisoformat(os.environ.get("QUOTEFLOW_INDEXER_START_DATE
             title="Partition groups",
             description="How many mapped indexing tasks share the window's partitions.",
         ),
-        "topic": Param(
-            "quotes.tradingview",
-            type="string",
-            minLength=1,
-            title="Quotes topic",
-            description="The Kafka topic the producer writes quotes to.",
-        ),
-        "dlq_topic": Param(
-            "quotes.tradingview.dlq",
-            type="string",
-            minLength=1,
-            title="Dead-letter topic",
-            description="Where invalid or rejected records go, with origin and reason.",
-        ),
-        "index_prefix": Param(
-            "quotes-tradingview-",
-            type="string",
-            minLength=1,
-            title="Index prefix",
-            description="Documents go to <prefix>YYYY.MM.DD by @timestamp.",
-        ),
-        "group_id": Param(
-            "quoteflow-indexer",
-            type="string",
-            minLength=1,
-            title="Consumer group (for lag tools)",
-            description="Offsets are committed under this group after each window, only so lag tools work.",
+        "topic": topic_param(),
+        "dlq_topic": dlq_topic_param(),
+        "index_prefix": index_prefix_param(),
+        "group_id": group_param(
+            "Consumer group (for lag tools)",
+            "Offsets are committed under this group after each window, only so lag tools work.",
         ),
         "retry_budget_s": Param(
             120,

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from _shared.connections import connection_info
+from _shared.params import topic_param
 from airflow.sdk import BaseOperator, Param, dag
 
 KAFKA_CONN_ID = "kafka_default"
@@ -116,7 +117,7 @@ class QuotesProducerOperator(BaseOperator):
             title="Max runtime (minutes)",
             description="The task exits cleanly after this long and the next continuous run takes over.",
         ),
-        "topic": Param("quotes.tradingview", type="string", minLength=1, title="Kafka topic"),
+        "topic": topic_param("The Kafka topic quotes are written to (key = symbol)."),
         "url": Param(
             "wss://data.tradingview.com/socket.io/websocket",
             type="string",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from _shared.connections import connection_info
+from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import Param, dag, task
 
 KAFKA_CONN_ID = "kafka_default"
@@ -38,33 +39,11 @@ ELASTICSEARCH_CONN_ID = "elasticsearch_default"
             title="Check up to",
             description="'committed': the last completed window; 'high': the log end (may race live runs).",
         ),
-        "topic": Param(
-            "quotes.tradingview",
-            type="string",
-            minLength=1,
-            title="Quotes topic",
-            description="The Kafka topic the producer writes quotes to.",
-        ),
-        "dlq_topic": Param(
-            "quotes.tradingview.dlq",
-            type="string",
-            minLength=1,
-            title="Dead-letter topic",
-            description="Where invalid or rejected records go, with origin and reason.",
-        ),
-        "index_prefix": Param(
-            "quotes-tradingview-",
-            type="string",
-            minLength=1,
-            title="Index prefix",
-            description="Documents go to <prefix>YYYY.MM.DD by @timestamp.",
-        ),
-        "group_id": Param(
-            "quoteflow-indexer",
-            type="string",
-            minLength=1,
-            title="Indexer consumer group",
-            description="Its committed offsets mark the end of the last completed window.",
+        "topic": topic_param(),
+        "dlq_topic": dlq_topic_param(),
+        "index_prefix": index_prefix_param(),
+        "group_id": group_param(
+            "Indexer consumer group", "Its committed offsets mark the end of the last completed window."
         ),
     },
 )

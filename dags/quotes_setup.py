@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from _shared.connections import connection_info
+from _shared.params import dlq_topic_param, topic_param
 from airflow.sdk import Param, dag, task
 
 KAFKA_CONN_ID = "kafka_default"
@@ -64,20 +65,8 @@ KIBANA_CONN_ID = "kibana_default"
             title="Replication factor",
             description="For new topics only; 1 on a single local broker.",
         ),
-        "topic": Param(
-            "quotes.tradingview",
-            type="string",
-            minLength=1,
-            title="Quotes topic",
-            description="The Kafka topic the producer writes quotes to.",
-        ),
-        "dlq_topic": Param(
-            "quotes.tradingview.dlq",
-            type="string",
-            minLength=1,
-            title="Dead-letter topic",
-            description="Where invalid or rejected records go, with origin and reason.",
-        ),
+        "topic": topic_param(),
+        "dlq_topic": dlq_topic_param(),
         "kibana_timeout_s": Param(
             180,
             type="number",
