@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -241,8 +241,9 @@ def index_ranges(
     letters: list[DeadLetterDraft] = []
     failing = True
     try:
-        with _responsive_gil():
-            _index_messages(read_ranges(consumer, parts), writer, letters, summary, index_prefix)
+        # closing(): the reader's own clean-up must run now, while the consumer is still open.
+        with _responsive_gil(), closing(read_ranges(consumer, parts)) as batches:
+            _index_messages(batches, writer, letters, summary, index_prefix)
         stats = writer.flush()
         for rejection in stats.rejections:
             item = rejection.item
