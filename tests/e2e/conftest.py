@@ -99,7 +99,7 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down after the last e2e test, before the other tiers run
 def pipeline(kafka_bootstrap: str, es_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """`make run SOURCE=replay` in a fresh run folder; `make stop` afterwards, which must leave nothing running."""
     run_dir = tmp_path_factory.mktemp("make-run")
