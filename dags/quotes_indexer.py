@@ -26,8 +26,8 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
 
-KAFKA_CONN_ID = "kafka_default"
-ELASTICSEARCH_CONN_ID = "elasticsearch_default"
+from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
+
 # Catchup starts here; set it to the deployment time so a fresh install does not replay days of empty windows.
 START_DATE = datetime.fromisoformat(os.environ.get("QUOTEFLOW_INDEXER_START_DATE", "2026-11-28T00:00:00+00:00"))
 

@@ -33,8 +33,7 @@ from _shared.connections import connection_info
 from _shared.params import topic_param
 from airflow.sdk import BaseOperator, Param, dag
 
-KAFKA_CONN_ID = "kafka_default"
-TRADINGVIEW_CONN_ID = "tradingview_default"
+from include.quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
 
 
 class QuotesProducerOperator(BaseOperator):

@@ -17,8 +17,7 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import Param, dag, task
 
-KAFKA_CONN_ID = "kafka_default"
-ELASTICSEARCH_CONN_ID = "elasticsearch_default"
+from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 
 @dag(

@@ -21,9 +21,7 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, topic_param
 from airflow.sdk import Param, dag, task
 
-KAFKA_CONN_ID = "kafka_default"
-ELASTICSEARCH_CONN_ID = "elasticsearch_default"
-KIBANA_CONN_ID = "kibana_default"
+from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID, KIBANA_CONN_ID
 
 
 @dag(

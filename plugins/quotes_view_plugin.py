@@ -35,23 +35,10 @@ _views_lock = threading.Lock()
 
 
 def _connection(conn_id: str) -> settings.ConnectionInfo:
-    """The connection from ``AIRFLOW_CONN_<ID>`` if set, else from Airflow's secrets backends and database."""
-    info = settings.connection_from_env(conn_id)
-    if info is not None:
-        return info
+    """The connection from Airflow's secrets backends (``AIRFLOW_CONN_<ID>`` first) and database."""
     from airflow.models.connection import Connection
 
-    conn = Connection.get_connection_from_secrets(conn_id)
-    return settings.ConnectionInfo(
-        conn_id=conn_id,
-        conn_type=conn.conn_type,
-        host=conn.host,
-        port=conn.port,
-        schema=conn.schema,
-        login=conn.login,
-        password=conn.password,
-        extra=conn.extra_dejson,
-    )
+    return settings.ConnectionInfo.from_connection(conn_id, Connection.get_connection_from_secrets(conn_id))
 
 
 def _names() -> LiveNames:

@@ -19,13 +19,4 @@ def connection_info(conn_id: str, *, required: bool = True) -> ConnectionInfo | 
             f"Airflow connection {conn_id!r} is not defined; create it in Admin → Connections "
             f"or set AIRFLOW_CONN_{conn_id.upper()} (JSON) in the environment"
         ) from None
-    return ConnectionInfo(
-        conn_id=conn_id,
-        conn_type=conn.conn_type,
-        host=conn.host,
-        port=conn.port,
-        schema=conn.schema,
-        login=conn.login,
-        password=conn.password,
-        extra=conn.extra_dejson or {},
-    )
+    return ConnectionInfo.from_connection(conn_id, conn)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-QUOTES_TOPIC = "quotes.tradingview"
-DLQ_TOPIC = "quotes.tradingview.dlq"
-INDEX_PREFIX = "quotes-tradingview-"
-CONSUMER_GROUP = "quoteflow-indexer"
+from include.quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC
 
 
 def _name(default: str, title: str, description: str) -> Param:

@@ -46,6 +46,20 @@ class ConnectionInfo:
     password: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_connection(cls, conn_id: str, conn: Any) -> ConnectionInfo:
+        """Copy the fields quoteflow uses from an Airflow ``Connection`` (any object with its attributes)."""
+        return cls(
+            conn_id=conn_id,
+            conn_type=conn.conn_type,
+            host=conn.host,
+            port=conn.port,
+            schema=conn.schema,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra_dejson or {},
+        )
+
 
 def connection_from_env(conn_id: str, environ: Mapping[str, str] | None = None) -> ConnectionInfo | None:
     """Read ``AIRFLOW_CONN_<CONN_ID>`` (JSON form) from the environment; ``None`` when unset."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-import pytest
 from elasticsearch import Elasticsearch
+
+from tests.helpers.waiting import wait_until
 
 DEFAULT_SYMBOLS = ("BINANCE:SOLUSDT", "BINANCE:BTCUSDT", "BINANCE:ETHUSDT")
 DEADLINE = 420
@@ -15,17 +16,6 @@ DEADLINE = 420
 def _successful_indexer_runs(pipeline, since: float) -> list[dict]:
     runs = pipeline.api("/api/v2/dags/quotes_indexer/dagRuns?state=success&order_by=-run_after&limit=100")["dag_runs"]
     return [r for r in runs if datetime.fromisoformat(r["data_interval_end"]).timestamp() > since]
-
-
-def _wait(what: str, check, timeout: float, interval: float = 5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"{what} not reached within {timeout:.0f} s (last: {last!r})")
 
 
 def _new_docs_filter(pipeline) -> dict:
@@ -72,14 +62,15 @@ def test_quotes_reach_elasticsearch_through_airflow(pipeline) -> None:
         found = {b["key"] for b in buckets}
         return found if set(DEFAULT_SYMBOLS) <= found else None
 
-    found = _wait("quotes of every default symbol in Elasticsearch", symbols_indexed, DEADLINE)
+    found = wait_until("quotes of every default symbol in Elasticsearch", symbols_indexed, DEADLINE, interval=5)
     searchable_after = time.time() - pipeline.started_at
     print(f"quotes for {sorted(found)} searchable {searchable_after:.0f} s after make run started")
 
-    runs = _wait(
+    runs = wait_until(
         "two successful quotes_indexer windows after the start",
         lambda: (lambda r: r if len(r) >= 2 else None)(_successful_indexer_runs(pipeline, pipeline.started_at)),
         DEADLINE,
+        interval=5,
     )
     # Every window up to the newest successful one is closed: ES must hold exactly the Kafka records before its end.
     closed_end = max(datetime.fromisoformat(r["data_interval_end"]) for r in runs)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from elasticsearch import Elasticsearch
+
+from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -48,17 +48,6 @@ def newest_document(es: Elasticsearch, topic: str, symbol: str) -> dict[str, Any
     )
     hits = resp["hits"]["hits"]
     return hits[0]["_source"] | {"_id": hits[0]["_id"]} if hits else None
-
-
-def _until(what: str, check, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"{what} not seen within {timeout:.0f} s (last: {last!r})")
 
 
 def check_quotes_view(
@@ -95,10 +84,11 @@ def check_quotes_view(
             page.wait_for_url("**symbol=BINANCE%3ASOLUSDT**", timeout=30_000)
             chart = frame.locator(f"#chart[data-symbol='{SYMBOL}']")
             chart.wait_for(timeout=60_000)
-            _until(
+            wait_until(
                 "chart points for BINANCE:SOLUSDT",
                 lambda: int(chart.get_attribute("data-points") or 0) >= 2,
                 DATA_TIMEOUT_S,
+                interval=0.5,
             )
             assert frame.locator("canvas").count() >= 1, "uPlot drew no canvas"
 
@@ -113,7 +103,9 @@ def check_quotes_view(
                     return None
                 return text, doc
 
-            shown_text, doc = _until("the newest ES document on the page", indexed_matches, DATA_TIMEOUT_S)
+            shown_text, doc = wait_until(
+                "the newest ES document on the page", indexed_matches, DATA_TIMEOUT_S, interval=0.5
+            )
             assert float(shown_text) == doc["price"], (
                 f"page shows {shown_text}, ES newest {doc['_id']} has {doc['price']}"
             )
@@ -124,12 +116,7 @@ def check_quotes_view(
                 "el => [el.dataset.partition, el.dataset.offset, el.textContent]"
             )
             doc_id = f"{topic}-{partition}-{offset}"
-            live_doc = _until(
-                f"document {doc_id} indexed",
-                lambda: _doc_by_id(es, doc_id),
-                120,
-                2,
-            )
+            live_doc = wait_until(f"document {doc_id} indexed", lambda: _doc_by_id(es, doc_id), 120, 2)
             assert float(live_text) == live_doc["price"], f"live price {live_text}, ES {doc_id} has {live_doc['price']}"
 
             # Freshness: every new tick the page showed, received_at → shown (both on this machine's clock).
