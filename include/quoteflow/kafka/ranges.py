@@ -77,46 +77,46 @@ def make_consumer(config: Mapping[str, Any], group_id: str) -> Any:
     return Consumer(consumer_config(config, group_id))
 
 
-def topic_partitions(consumer: Any, topic: str) -> list[int]:
+def topic_partitions(consumer: Any, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> list[int]:
     """Partition ids of ``topic``; :class:`ConfigError` if it does not exist."""
-    meta = consumer.list_topics(topic=topic, timeout=METADATA_TIMEOUT_S)
+    meta = consumer.list_topics(topic=topic, timeout=timeout_s)
     info = meta.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
         raise ConfigError(f"topic {topic!r} does not exist; run `python -m include.quoteflow setup` (or quotes_setup)")
     return sorted(info.partitions)
 
 
-def watermarks(consumer: Any, topic: str, partition: int) -> tuple[int, int]:
+def watermarks(consumer: Any, topic: str, partition: int, timeout_s: float = METADATA_TIMEOUT_S) -> tuple[int, int]:
     """``(low, high)`` watermarks of one partition."""
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
     for attempt in range(4):
         try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
             return int(low), int(high)
         except KafkaException as exc:
             # The client's metadata cache may not know a partition it has not fetched yet: refresh, retry.
             if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION or attempt == 3:
                 raise
-            consumer.list_topics(topic=topic, timeout=METADATA_TIMEOUT_S)
+            consumer.list_topics(topic=topic, timeout=timeout_s)
             time.sleep(0.1 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
-def offsets_at(consumer: Any, topic: str, partitions: Sequence[int], epoch_ms: int) -> dict[int, int]:
+def offsets_at(
+    consumer: Any, topic: str, partitions: Sequence[int], epoch_ms: int, timeout_s: float = METADATA_TIMEOUT_S
+) -> dict[int, int]:
     """Per partition, the first offset with timestamp ≥ ``epoch_ms``; the high watermark where there is none."""
     from confluent_kafka import TopicPartition
 
-    found = consumer.offsets_for_times(
-        [TopicPartition(topic, p, int(epoch_ms)) for p in partitions], timeout=METADATA_TIMEOUT_S
-    )
+    found = consumer.offsets_for_times([TopicPartition(topic, p, int(epoch_ms)) for p in partitions], timeout=timeout_s)
     out: dict[int, int] = {}
     for tp in found:
         if tp.error is not None:
             raise RangeReadError(f"offsets_for_times failed for {topic}[{tp.partition}]: {tp.error}")
         offset = tp.offset
         if offset < 0:  # no record at or after the time: the window ends at the log end
-            offset = watermarks(consumer, topic, tp.partition)[1]
+            offset = watermarks(consumer, topic, tp.partition, timeout_s)[1]
         out[tp.partition] = int(offset)
     return out
 
