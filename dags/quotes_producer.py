@@ -16,7 +16,9 @@ returned to XCom.
 
 **Stopping.** Marking the task failed, clearing it, or stopping the worker sends SIGTERM, on which
 Airflow calls `on_kill` only: it sets the stop flag, and the loop flushes Kafka and returns
-within 5 s. A failure (e.g. undelivered records) is retried with exponential backoff.
+within 5 s. A failure (e.g. undelivered records) is retried with exponential backoff; a configuration
+error (a missing connection or topic, the auth token bound for a foreign host, every symbol refused)
+fails the task once, without retries, with a message that says what to fix.
 
 **Configuration.** Connection `kafka_default` (extra = librdkafka settings, at least
 `bootstrap.servers`); optional `tradingview_default` (password = a user's auth token, never
@@ -59,23 +61,30 @@ class QuotesProducerOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         """Stream until the time limit or a stop request; the summary goes to XCom."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from include.quoteflow.producer import ProducerRun, client_config, feed_url, run_producer
-        from include.quoteflow.settings import kafka_config
+        from include.quoteflow.settings import ConfigError, kafka_config
 
         params = context["params"]
         if self._stop is None:
             self._stop = threading.Event()
-        kafka = connection_info(self.kafka_conn_id)
-        tradingview = connection_info(self.tradingview_conn_id, required=False)
-        run = ProducerRun(
-            client=client_config(feed_url(params["url"], tradingview), list(params["symbols"]), tradingview),
-            kafka=kafka_config(kafka.extra if kafka else None, conn_id=self.kafka_conn_id),
-            topic=params["topic"],
-            max_seconds=float(params["max_runtime_minutes"]) * 60.0,
-            stats_interval=self.stats_interval_s,
-            flush_timeout=self.flush_timeout_s,
-        )
-        return run_producer(run, self._stop)
+        try:
+            kafka = connection_info(self.kafka_conn_id)
+            tradingview = connection_info(self.tradingview_conn_id, required=False)
+            run = ProducerRun(
+                client=client_config(feed_url(params["url"], tradingview), list(params["symbols"]), tradingview),
+                kafka=kafka_config(kafka.extra if kafka else None, conn_id=self.kafka_conn_id),
+                topic=params["topic"],
+                max_seconds=float(params["max_runtime_minutes"]) * 60.0,
+                stats_interval=self.stats_interval_s,
+                flush_timeout=self.flush_timeout_s,
+            )
+            return run_producer(run, self._stop)
+        except ConfigError as exc:
+            # Retrying cannot fix configuration (a missing topic, a token for a foreign host, or every
+            # symbol refused by TradingView, which is NoValidSymbols): fail this try, no retries.
+            raise AirflowFailException(str(exc)) from exc
 
     def on_kill(self) -> None:
         """Airflow's SIGTERM handler calls only this: ask the loop to flush and return."""

@@ -191,14 +191,16 @@ def client_config(
 ) -> ClientConfig:
     """A :class:`ClientConfig` from the optional ``tradingview_default`` connection plus explicit overrides.
 
-    The connection's password is the user's auth token (never logged); its extra may hold
-    ``headers`` (merged over the browser-like defaults) and any of :data:`CLIENT_TUNABLES`.
+    The connection's password is the user's auth token (never logged), sent only to TradingView's own
+    hosts or to the connection's own host; its extra may hold ``headers`` (merged over the browser-like
+    defaults) and any of :data:`CLIENT_TUNABLES`.
     """
     kwargs: dict[str, Any] = {}
     headers = dict(DEFAULT_HEADERS)
-    token = None
+    token = own_url = None
     if tradingview is not None:
         token = tradingview.password or None
+        own_url = tradingview.host or None
         extra = dict(tradingview.extra)
         extra_headers = extra.pop("headers", {})
         if not isinstance(extra_headers, Mapping):
@@ -217,8 +219,17 @@ def client_config(
             raise ConfigError(f"unknown client setting {key!r}")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(f"client setting {key} must be a number, got {value!r}")
+    # The token may go to TradingView's own hosts or to this connection's own host, nowhere else
+    # (ClientConfig refuses any other URL with a ConfigError that says what to set).
     return ClientConfig(
-        url=url, symbols=list(symbols), auth_token=token, headers=headers, record_path=record_path, **kwargs
+        url=url,
+        symbols=list(symbols),
+        auth_token=token,
+        token_own_url=own_url,
+        token_source=tradingview.conn_id if tradingview is not None else None,
+        headers=headers,
+        record_path=record_path,
+        **kwargs,
     )
 
 

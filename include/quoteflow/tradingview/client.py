@@ -16,9 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import orjson
 import websocket
+from websocket._url import parse_url  # what websocket-client itself connects to
 
 from include.quoteflow.quotes import format_timestamp
 from include.quoteflow.settings import ConfigError
@@ -47,6 +49,10 @@ DEFAULT_HEADERS: dict[str, str] = {
     "Cache-Control": "no-cache",
     "Pragma": "no-cache",
 }
+# The only hosts TradingView's own auth token may travel to (protocol notes §1), over wss:// only.
+TRADINGVIEW_HOSTS = frozenset(
+    {"data.tradingview.com", "prodata.tradingview.com", "widgetdata.tradingview.com", "mobile-data.tradingview.com"}
+)
 REDACTED = "<redacted>"
 _QSD_PREFIX = '{"m":"qsd","p":'
 _loads = orjson.loads
@@ -79,13 +85,55 @@ def _limit_frame_size(ws: websocket.WebSocket, limit: int) -> None:
     buffer.recv_length = recv_length_checked  # type: ignore[method-assign]
 
 
+def _endpoint(url: str) -> tuple[str, str, int, bool] | None:
+    """``(scheme, hostname, port, has_userinfo)`` of a websocket URL, or ``None`` if it cannot be parsed.
+
+    The hostname must be the same by urllib's reading and by websocket-client's own (``parse_url``, which
+    the socket really connects to), so no parser difference can smuggle in another host.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        connects_to = parse_url(url)[0]
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if not host or host != connects_to.lower() or scheme not in ("ws", "wss"):
+        return None
+    has_userinfo = parts.username is not None or parts.password is not None
+    return scheme, host, port or (443 if scheme == "wss" else 80), has_userinfo
+
+
+def token_destination_allowed(url: str, own_url: str | None = None) -> bool:
+    """True if an auth token may be sent to ``url``: TradingView's own hosts over wss, or exactly ``own_url``.
+
+    ``own_url`` is the host URL of the connection that holds the token (its owner named it). Matching is
+    exact: ``wss://data.tradingview.com.evil.io``, ``wss://data.tradingview.com@evil.io`` or a non-443
+    port do not pass.
+    """
+    target = _endpoint(url)
+    if target is None:
+        return False
+    scheme, host, port, has_userinfo = target
+    if scheme == "wss" and host in TRADINGVIEW_HOSTS and port == 443 and not has_userinfo:
+        return True
+    return own_url is not None and _endpoint(own_url) == target
+
+
 @dataclass
 class ClientConfig:
-    """Everything the client needs; intervals are settable so tests run in seconds."""
+    """Everything the client needs; intervals are settable so tests run in seconds.
+
+    An ``auth_token`` is only accepted for a ``url`` on TradingView's own hosts or equal to
+    ``token_own_url`` (the host of the connection ``token_source`` that holds the token).
+    """
 
     url: str
     symbols: list[str]
     auth_token: str | None = field(default=None, repr=False)  # a secret: never in logs or reprs
+    token_own_url: str | None = None
+    token_source: str | None = None
     headers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_HEADERS))
     max_message_size: int = 2**24
     # Short, so a stop request that lands mid-handshake is still served within ~5 s.
@@ -108,6 +156,22 @@ class ClientConfig:
                 raise ConfigError(f"client setting {name} must be > 0, got {getattr(self, name)!r}")
         if self.backoff_initial < 0 or self.auth_retry_delay < 0 or self.stable_after < 0:
             raise ConfigError("backoff_initial, auth_retry_delay and stable_after must be >= 0")
+        if self.auth_token and not token_destination_allowed(self.url, self.token_own_url):
+            raise ConfigError(self._foreign_host_message())
+
+    def _foreign_host_message(self) -> str:
+        """Why the token is refused for this URL and the two ways out; names the host, never a secret."""
+        target = _endpoint(self.url)
+        host = "a URL whose host cannot be read" if target is None else f"{target[0]}://{target[1]}:{target[2]}"
+        source = f"the password of connection {self.token_source!r}" if self.token_source else "auth_token"
+        allowed = ", ".join(f"wss://{h}" for h in sorted(TRADINGVIEW_HOSTS))
+        where = f"the host of connection {self.token_source!r}" if self.token_source else "token_own_url"
+        return (
+            f"refusing to send the TradingView auth token ({source}) to {host}: the token goes only to "
+            f"TradingView's own websocket hosts ({allowed}) or to the URL that is the token's connection's own "
+            f"host. To stream from {host} with the token, set that URL as {where} (and leave the url Param "
+            f"at its default); to stream from it anonymously, remove the password"
+        )
 
 
 @dataclass
@@ -280,7 +344,14 @@ class TradingViewClient:
         _limit_frame_size(ws, config.max_message_size)
         self._ws = ws
         ws.settimeout(config.connect_timeout)
-        ws.connect(config.url, header=self._header, origin=self._origin, suppress_origin=self._origin is None)
+        ws.connect(
+            config.url,
+            header=self._header,
+            origin=self._origin,
+            suppress_origin=self._origin is None,
+            # A redirect would carry the token to a host nobody vetted: with a token, follow none.
+            redirect_limit=0 if config.auth_token else 3,
+        )
         self.stats.connects += 1
         self.connected_at = now = time.monotonic()
         self.last_inbound = now
