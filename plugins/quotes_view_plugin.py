@@ -1,9 +1,11 @@
 """Airflow plugin: the live quotes view (``/quotes-view``) and its "Quotes" entry in the UI's navigation.
 
 Thin wiring over ``include.quoteflow.liveview``: this file adds what only Airflow knows — who the
-user is (every route requires an authenticated Airflow user, by Bearer token or the UI's ``_token``
-cookie, which the browser also sends to the iframe'd page), the ``kafka_default`` and
-``elasticsearch_default`` connections, ``[quoteflow]`` settings, and the state of the pipeline's DAG runs.
+user is and what they may see (every route, page and static files included, requires an Airflow user —
+by Bearer token or the UI's ``_token`` cookie, which the browser also sends to the iframe'd page — whom
+the auth manager lets read the runs of ``quotes_producer`` and ``quotes_indexer``, whose data the view
+shows), the ``kafka_default`` and ``elasticsearch_default`` connections, ``[quoteflow]`` settings, and
+the state of the pipeline's DAG runs.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from airflow.api_fastapi.core_api.security import requires_authenticated
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
 
 from include.quoteflow import settings
-from include.quoteflow.liveview.service import LiveNames, LiveView
+from include.quoteflow.liveview.service import BACKEND_TIMEOUT_S, LiveNames, LiveView
 from include.quoteflow.liveview.web import create_app
 
 logger = logging.getLogger(__name__)
@@ -29,6 +35,14 @@ URL_PREFIX = "/quotes-view"
 STATIC_DIR = Path(__file__).resolve().parent / "quotes_view" / "static"
 INDEXER_DAG_ID = "quotes_indexer"
 PRODUCER_DAG_ID = "quotes_producer"
+# What the page shows of each DAG: its runs (state, windows), task tries, and the producer's XCom summary.
+REQUIRED_DAG_ACCESS = (
+    (PRODUCER_DAG_ID, DagAccessEntity.RUN),
+    (PRODUCER_DAG_ID, DagAccessEntity.TASK_INSTANCE),
+    (PRODUCER_DAG_ID, DagAccessEntity.XCOM),
+    (INDEXER_DAG_ID, DagAccessEntity.RUN),
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 _views: dict[tuple[str, str], LiveView] = {}
 _views_lock = threading.Lock()
@@ -62,7 +76,13 @@ def _view() -> tuple[LiveView, LiveNames]:
         if view is None:
             from elasticsearch import Elasticsearch
 
-            view = _views[key] = LiveView(lambda: Elasticsearch(**es_args, request_timeout=10), kafka)
+            # A page waits on every request: no retries, and never longer than the view's backend timeout.
+            timeout = min(float(es_args.pop("request_timeout", BACKEND_TIMEOUT_S)), BACKEND_TIMEOUT_S)
+            view = _views[key] = LiveView(
+                lambda: Elasticsearch(**es_args, request_timeout=timeout, max_retries=0),
+                kafka,
+                es_label=f"Elasticsearch at {', '.join(es_args['hosts'])}",
+            )
             logger.info("quotes view reads Kafka %s and Elasticsearch %s", key[0], key[1])
     return view, _names()
 
@@ -137,10 +157,49 @@ def pipeline_state() -> dict[str, Any]:
         return {"error": f"Airflow metadata database: {exc.__class__.__name__}"}
 
 
+async def require_pipeline_reader(request: Request, bearer: BearerCredentials) -> None:
+    """401 unless the caller is an Airflow user; 403 unless the auth manager lets them read the pipeline's DAGs.
+
+    Airflow's own check answers 403 to a token it cannot verify (wrong key, audience, malformed); that
+    caller is not logged in at all, so here it is a 401 like a missing or expired token, and 403 stays
+    what it means: a known user who may not see this.
+    """
+    try:
+        user = await get_user(request, _oauth_token=None, bearer_credentials=bearer)
+    except HTTPException as exc:
+        if exc.status_code not in (401, 403):
+            raise
+        detail = f"not signed in to Airflow: {exc.detail}"
+        raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"}) from None
+    # An auth manager may ask a remote service: off the event loop, like Airflow's own sync permission checks.
+    missing = await run_in_threadpool(_missing_dag_access, user)
+    if missing is not None:
+        dag_id, entity = missing
+        raise HTTPException(403, detail=f"the quotes view needs read access to {entity.value} of DAG {dag_id!r}")
+
+
+def _missing_dag_access(user: Any) -> tuple[str, DagAccessEntity] | None:
+    """The first (DAG, entity) of :data:`REQUIRED_DAG_ACCESS` that ``user`` may not read, if any."""
+    auth = get_auth_manager()
+    for dag_id, entity in REQUIRED_DAG_ACCESS:
+        if not auth.is_authorized_dag(method="GET", access_entity=entity, details=_dag_details(dag_id), user=user):
+            return dag_id, entity
+    return None
+
+
+def _dag_details(dag_id: str) -> DagDetails:
+    """The DAG as the auth manager sees it; its team matters only when Airflow runs in multi-team mode."""
+    if not conf.getboolean("core", "multi_team", fallback=False):
+        return DagDetails(id=dag_id)
+    from airflow.models.dag import DagModel
+
+    return DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
+
+
 app = create_app(
     _view,
     STATIC_DIR,
-    dependencies=[Depends(requires_authenticated())],
+    dependencies=[Depends(require_pipeline_reader)],
     pipeline_state=pipeline_state,
 )
 

@@ -11,12 +11,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from include.quoteflow.kafka.ranges import METADATA_TIMEOUT_S, offsets_at, topic_partitions, watermarks
+from include.quoteflow.kafka.ranges import offsets_at, topic_partitions, watermarks
 from include.quoteflow.quotes import InvalidQuote, decode_quote
 
 logger = logging.getLogger(__name__)
 
 VIEWER_GROUP = "quoteflow-liveview"
+# A page waits on every read: a broker that does not answer within this is reported as down, not waited for.
+METADATA_TIMEOUT_S = 2.0
 
 
 class KafkaViewError(RuntimeError):
@@ -60,7 +62,9 @@ def viewer_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def tail_records(consumer: Any, topic: str, last_n: int = 50, timeout_s: float = 1.0) -> list[TailRecord]:
+def tail_records(
+    consumer: Any, topic: str, last_n: int = 50, timeout_s: float = 1.0, metadata_timeout_s: float = METADATA_TIMEOUT_S
+) -> list[TailRecord]:
     """The last ``last_n`` records of every partition of ``topic``, read within ``timeout_s`` (partial if slower)."""
     from confluent_kafka import TopicPartition
 
@@ -68,8 +72,8 @@ def tail_records(consumer: Any, topic: str, last_n: int = 50, timeout_s: float =
         raise ValueError("last_n must be positive")
     ends: dict[int, int] = {}
     starts = []
-    for partition in topic_partitions(consumer, topic):
-        low, high = watermarks(consumer, topic, partition)
+    for partition in topic_partitions(consumer, topic, metadata_timeout_s):
+        low, high = watermarks(consumer, topic, partition, metadata_timeout_s)
         start = max(low, high - last_n)
         if high > start:
             ends[partition] = high
@@ -120,28 +124,34 @@ def _tail_record(msg: Any) -> TailRecord:
     )
 
 
-def indexer_lag(admin: Any, consumer: Any, topic: str, group: str) -> list[PartitionLag]:
+def indexer_lag(
+    admin: Any, consumer: Any, topic: str, group: str, timeout_s: float = METADATA_TIMEOUT_S
+) -> list[PartitionLag]:
     """Per partition: the log end offset, the ``group``'s committed offset (``None`` if never committed) and the gap."""
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
-    partitions = topic_partitions(consumer, topic)
+    partitions = topic_partitions(consumer, topic, timeout_s)
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-    future = admin.list_consumer_group_offsets([request], request_timeout=METADATA_TIMEOUT_S)[group]
+    future = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group]
     try:
-        committed = {tp.partition: tp.offset for tp in future.result(timeout=METADATA_TIMEOUT_S).topic_partitions}
+        committed = {tp.partition: tp.offset for tp in future.result(timeout=timeout_s).topic_partitions}
     except KafkaException as exc:
         raise KafkaViewError(f"reading committed offsets of group {group!r} on {topic}: {exc}") from exc
+    except TimeoutError as exc:
+        raise KafkaViewError(
+            f"reading committed offsets of group {group!r} on {topic}: no answer in {timeout_s} s"
+        ) from exc
     out = []
     for partition in partitions:
-        end = watermarks(consumer, topic, partition)[1]
+        end = watermarks(consumer, topic, partition, timeout_s)[1]
         offset = committed.get(partition)
         done = offset if offset is not None and offset >= 0 else None
         out.append(PartitionLag(partition, end, done, end - done if done is not None else None))
     return out
 
 
-def records_since(consumer: Any, topic: str, since_ms: int) -> int:
+def records_since(consumer: Any, topic: str, since_ms: int, timeout_s: float = METADATA_TIMEOUT_S) -> int:
     """How many records ``topic`` received at or after ``since_ms`` (by record timestamp), over all partitions."""
-    partitions = topic_partitions(consumer, topic)
-    firsts = offsets_at(consumer, topic, partitions, since_ms)
-    return sum(watermarks(consumer, topic, p)[1] - firsts[p] for p in partitions)
+    partitions = topic_partitions(consumer, topic, timeout_s)
+    firsts = offsets_at(consumer, topic, partitions, since_ms, timeout_s)
+    return sum(watermarks(consumer, topic, p, timeout_s)[1] - firsts[p] for p in partitions)

@@ -3,6 +3,12 @@
 Elasticsearch holds everything the indexer has written (windows of 30 s); the Kafka tail holds the
 newest records that may not be indexed yet. The chart is the ES buckets followed by the raw ticks
 newer than the last bucket; the latest quote is whichever of the two is newer.
+
+Every answer is bounded in time, because each one holds a thread of the API server: a backend that
+does not answer within ``backend_timeout_s`` is reported down, and for ``outage_ttl_s`` afterwards
+requests are told so at once instead of waiting on it again. Kafka reads share one consumer and so
+one lock; a request that finds the lock taken is served a recent enough result, or told "busy" at
+once, rather than queueing behind a read that may be waiting on a dead broker.
 """
 
 from __future__ import annotations
@@ -12,10 +18,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from confluent_kafka import KafkaException
+from elastic_transport import TransportError
+
+from include.quoteflow.kafka.ranges import RangeReadError
 from include.quoteflow.liveview import elastic_view, kafka_view
 from include.quoteflow.settings import (
     CONSUMER_GROUP,
@@ -32,6 +42,13 @@ MAX_RANGE_S = 24 * 3600
 _RANGE_RE = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 LATEST_FIELDS = ("price", "change", "change_percent", "volume", "currency", "event_time", "received_at")
+BACKEND_TIMEOUT_S = kafka_view.METADATA_TIMEOUT_S
+OUTAGE_TTL_S = 3.0
+BUSY_STALE_S = 5.0  # while another request reads Kafka, a result this old is still worth showing
+# Errors of a Kafka read that mean "Kafka did not answer as it should", as opposed to a missing topic (ConfigError).
+KAFKA_FAILURES = (kafka_view.KafkaViewError, KafkaException, RangeReadError, TimeoutError)
+
+T = TypeVar("T")
 
 
 def parse_range(text: str) -> int:
@@ -50,6 +67,50 @@ def epoch_ms(rfc3339: str) -> int:
     return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
 
 
+class BackendUnavailable(RuntimeError):
+    """Kafka or Elasticsearch did not answer (or is being read by another request); says which, and when to retry."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class KafkaBusy(BackendUnavailable):
+    """Another request holds the live view's Kafka consumer; retrying in a moment will do."""
+
+
+class Outage:
+    """The last failure of one backend, answered at once for ``ttl_s`` instead of waiting on the backend again."""
+
+    def __init__(self, ttl_s: float = OUTAGE_TTL_S) -> None:
+        """No failure yet."""
+        self.ttl_s = ttl_s
+        self._last: tuple[float, str] | None = None  # (monotonic time, message); one reference, swapped whole
+
+    def check(self) -> None:
+        """Raise :class:`BackendUnavailable` if the backend failed less than ``ttl_s`` ago."""
+        last = self._last
+        if last is None:
+            return
+        at, message = last
+        left = at + self.ttl_s - time.monotonic()
+        if left > 0:
+            raise BackendUnavailable(f"{message} (retrying in {left:.1f} s)", left)
+
+    def failed(self, message: str) -> BackendUnavailable:
+        """Remember a failure (logged once) and return the error to raise."""
+        if self._last is None or self._last[1] != message:
+            logger.warning("quotes view: %s", message)
+        self._last = (time.monotonic(), message)
+        return BackendUnavailable(message, self.ttl_s)
+
+    def recovered(self) -> None:
+        """The backend answered: stop repeating the old failure."""
+        if self._last is not None:
+            logger.info("quotes view: the backend answers again after: %s", self._last[1])
+            self._last = None
+
+
 @dataclass(frozen=True)
 class LiveNames:
     """Which topic, DLQ, index pattern and consumer group the view watches."""
@@ -61,45 +122,60 @@ class LiveNames:
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
 
 
-@dataclass
-class _TailCache:
-    at: float = 0.0
-    topic: str = ""
-    records: list[kafka_view.TailRecord] = field(default_factory=list)
+@dataclass(frozen=True)
+class _Cached:
+    at: float
+    key: tuple[str, ...]
+    value: Any
 
 
 class LiveView:
-    """Answers for the page; clients are made on first use, once, and Kafka reads are serialised by a lock."""
+    """Answers for the page; clients are made on first use, once, and Kafka reads never wait for each other."""
 
     def __init__(
         self,
         es_factory: Callable[[], Any],
         kafka_config: Mapping[str, Any],
         *,
+        es_label: str = "Elasticsearch",
         tail_per_partition: int = 200,
         tail_timeout_s: float = 1.0,
         tail_max_age_s: float = 0.5,
+        health_max_age_s: float = 1.0,
+        backend_timeout_s: float = BACKEND_TIMEOUT_S,
+        outage_ttl_s: float = OUTAGE_TTL_S,
     ) -> None:
-        """Keep the factories and settings; nothing connects until the first request."""
+        """Keep the factories and settings; nothing connects until the first request.
+
+        ``es_factory`` must make a client whose requests time out within about ``backend_timeout_s``.
+        """
         if "bootstrap.servers" not in kafka_config:
             raise ConfigError("the live view's Kafka config has no 'bootstrap.servers'")
         self._es_factory = es_factory
+        self._es_label = es_label
         self._kafka_config = dict(kafka_config)
+        self._kafka_label = f"Kafka at {self._kafka_config['bootstrap.servers']}"
         self._tail_per_partition = tail_per_partition
         self._tail_timeout_s = tail_timeout_s
         self._tail_max_age_s = tail_max_age_s
-        self._lock = threading.Lock()
+        self._health_max_age_s = health_max_age_s
+        self._timeout_s = backend_timeout_s
+        self._lock = threading.Lock()  # the Kafka consumer and admin client: one reader at a time
+        self._client_lock = threading.Lock()
         self._es: Any = None
         self._consumer: Any = None
         self._admin: Any = None
-        self._tail = _TailCache()
-        self._tail_error: str | None = None
+        self._cache: dict[str, _Cached] = {}
+        self._kafka_outage = Outage(outage_ttl_s)
+        self._es_outage = Outage(outage_ttl_s)
+        self._missing_topic: str | None = None
 
     # ------------------------------------------------------------ clients
     def _es_client(self) -> Any:
-        if self._es is None:
-            self._es = self._es_factory()
-        return self._es
+        with self._client_lock:
+            if self._es is None:
+                self._es = self._es_factory()
+            return self._es
 
     def _kafka(self) -> tuple[Any, Any]:
         if self._consumer is None:
@@ -117,36 +193,90 @@ class LiveView:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+        with self._client_lock:
             if self._es is not None:
                 self._es.close()
                 self._es = None
 
+    # ------------------------------------------------------------ bounded backend calls
+    def _es_read(self, what: str, read: Callable[[Any], T]) -> T:
+        """``read(es)``, or :class:`BackendUnavailable` at once while Elasticsearch is known to be down."""
+        self._es_outage.check()
+        try:
+            out = read(self._es_client())
+        except TransportError as exc:  # connection refused, timed out: not an answer at all
+            raise self._es_outage.failed(f"{self._es_label} did not answer {what}: {exc}") from exc
+        self._es_outage.recovered()
+        return out
+
+    def _kafka_read(self, slot: str, key: tuple[str, ...], max_age_s: float, what: str, read: Callable[..., T]) -> T:
+        """``read(consumer, admin)`` under the Kafka lock, shared through ``slot`` by requests within ``max_age_s``.
+
+        Never waits for the lock: if another request holds it, a result up to :data:`BUSY_STALE_S` old
+        is returned, else :class:`KafkaBusy`. A failure is repeated at once for ``outage_ttl_s``.
+        """
+
+        def cached(age_s: float) -> _Cached | None:
+            hit = self._cache.get(slot)
+            return hit if hit is not None and hit.key == key and time.monotonic() - hit.at <= age_s else None
+
+        hit = cached(max_age_s)
+        if hit is not None:
+            return hit.value  # type: ignore[no-any-return]
+        self._kafka_outage.check()
+        if not self._lock.acquire(blocking=False):
+            hit = cached(BUSY_STALE_S)
+            if hit is not None:
+                return hit.value  # type: ignore[no-any-return]
+            raise KafkaBusy(f"{self._kafka_label} is being read by another request of the live view; retry", 1.0)
+        try:
+            hit = cached(max_age_s)  # another request may have refreshed it while this one got here
+            if hit is not None:
+                return hit.value  # type: ignore[no-any-return]
+            self._kafka_outage.check()
+            consumer, admin = self._kafka()
+            try:
+                value = read(consumer, admin)
+            except KAFKA_FAILURES as exc:
+                detail = str(exc) or f"no answer within {self._timeout_s:g} s"
+                raise self._kafka_outage.failed(f"{self._kafka_label} did not answer {what}: {detail}") from exc
+            self._kafka_outage.recovered()
+            self._cache[slot] = _Cached(time.monotonic(), key, value)
+            return value
+        finally:
+            self._lock.release()
+
     # ------------------------------------------------------------ reads
     def tail(self, topic: str) -> list[kafka_view.TailRecord]:
         """The newest records of ``topic``, shared by requests within ``tail_max_age_s``."""
-        with self._lock:
-            now = time.monotonic()
-            if self._tail.topic != topic or now - self._tail.at > self._tail_max_age_s:
-                consumer, _ = self._kafka()
-                records = kafka_view.tail_records(consumer, topic, self._tail_per_partition, self._tail_timeout_s)
-                self._tail = _TailCache(at=time.monotonic(), topic=topic, records=records)
-            return self._tail.records
+        return self._kafka_read(
+            "tail",
+            (topic,),
+            self._tail_max_age_s,
+            f"tailing {topic}",
+            lambda consumer, _: kafka_view.tail_records(
+                consumer, topic, self._tail_per_partition, self._tail_timeout_s, self._timeout_s
+            ),
+        )
 
     def _tail_or_error(self, topic: str) -> tuple[list[kafka_view.TailRecord], str | None]:
         """The tail, or no records and the reason: the chart still shows what Elasticsearch has."""
-        from confluent_kafka import KafkaException
-
         try:
             return self.tail(topic), None
-        except (ConfigError, kafka_view.KafkaViewError, KafkaException) as exc:
-            if str(exc) != self._tail_error:
+        except BackendUnavailable as exc:
+            return [], str(exc)  # logged once by the outage, or only busy
+        except ConfigError as exc:
+            if str(exc) != self._missing_topic:
                 logger.warning("quotes view cannot tail %s: %s", topic, exc)
-            self._tail_error = str(exc)
+            self._missing_topic = str(exc)
             return [], str(exc)
 
     def latest(self, names: LiveNames, symbols: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per symbol: the newest quote (ES or Kafka tail), where it came from, and the newest indexed one."""
-        indexed = elastic_view.latest_quotes(self._es_client(), names.index_pattern, names.topic, symbols)
+        indexed = self._es_read(
+            "the latest quotes",
+            lambda es: elastic_view.latest_quotes(es, names.index_pattern, names.topic, symbols),
+        )
         records, tail_error = self._tail_or_error(names.topic)
         tailed = _newest_in_tail(records, symbols)
         out: dict[str, dict[str, Any]] = {}
@@ -172,8 +302,9 @@ class LiveView:
         """``{"t": [...ms], "price": [...], "indexed_points": n}``: ES buckets, then newer Kafka ticks."""
         end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         start_ms = end_ms - range_s * 1000
-        points = elastic_view.price_series(
-            self._es_client(), names.index_pattern, names.topic, symbol, start_ms, end_ms
+        points = self._es_read(
+            f"the price series of {symbol}",
+            lambda es: elastic_view.price_series(es, names.index_pattern, names.topic, symbol, start_ms, end_ms),
         )
         indexed = len(points)
         newest = points[-1][0] if points else start_ms - 1
@@ -203,13 +334,17 @@ class LiveView:
             symbol: (now - epoch_ms(entry["quote"]["received_at"])) / 1000 if entry.get("quote") else None
             for symbol, entry in latest.items()
         }
-        with self._lock:
-            consumer, admin = self._kafka()
-            lag = kafka_view.indexer_lag(admin, consumer, names.topic, names.group)
+
+        def read(consumer: Any, admin: Any) -> tuple[list[kafka_view.PartitionLag], int | None]:
+            lag = kafka_view.indexer_lag(admin, consumer, names.topic, names.group, self._timeout_s)
             try:
-                dead = kafka_view.records_since(consumer, names.dlq_topic, now - 3600_000)
+                dead = kafka_view.records_since(consumer, names.dlq_topic, now - 3600_000, self._timeout_s)
             except ConfigError:
                 dead = None  # no DLQ topic yet: nothing was ever dead-lettered
+            return lag, dead
+
+        key = (names.topic, names.group, names.dlq_topic)
+        lag, dead = self._kafka_read("health", key, self._health_max_age_s, "the indexer lag and dead letters", read)
         return {
             "now_ms": now,
             "tick_age_s": ages,
@@ -220,7 +355,9 @@ class LiveView:
 
     def symbols(self, names: LiveNames) -> list[str]:
         """The configured symbols first, then any other symbol Elasticsearch has documents for."""
-        found = elastic_view.known_symbols(self._es_client(), names.index_pattern, names.topic)
+        found = self._es_read(
+            "the known symbols", lambda es: elastic_view.known_symbols(es, names.index_pattern, names.topic)
+        )
         return list(dict.fromkeys([*names.symbols, *found]))
 
 

@@ -1,13 +1,15 @@
 """The live view's HTTP app: the page, its static assets and JSON endpoints, as a FastAPI app.
 
-Authentication is not decided here: the caller passes ``dependencies`` that every route runs
-(the Airflow plugin passes Airflow's "authenticated user" check). Static files are served by an
-explicit route rather than a ``StaticFiles`` mount because app-level dependencies do not cover mounts.
+Authentication and authorisation are not decided here: the caller passes ``dependencies`` that every
+route runs (the Airflow plugin passes its "may read the pipeline's DAGs" check). Static files are served
+by an explicit route rather than a ``StaticFiles`` mount because app-level dependencies do not cover
+mounts, and FastAPI's own ``/openapi.json``, ``/docs`` and ``/redoc`` are off: they would answer anyone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +21,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse
 
 from include.quoteflow.liveview.kafka_view import KafkaViewError
-from include.quoteflow.liveview.service import LiveNames, LiveView, parse_range
+from include.quoteflow.liveview.service import BackendUnavailable, LiveNames, LiveView, parse_range
 from include.quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,11 +46,20 @@ def create_app(
     pipeline_state: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """A FastAPI app for the view; ``view()`` returns the (cached) :class:`LiveView` and the names it watches."""
-    app = FastAPI(title="quoteflow live quotes", dependencies=list(dependencies), docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="quoteflow live quotes",
+        dependencies=list(dependencies),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
 
     def _call(fn: Callable[[], Any]) -> Any:
         try:
             return fn()
+        except BackendUnavailable as exc:  # already logged once per outage
+            retry = str(max(1, math.ceil(exc.retry_after_s)))
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": retry, **NO_STORE}) from None
         except UNAVAILABLE as exc:
             logger.warning("quotes view: a backend did not answer: %s", exc)
             raise HTTPException(status_code=503, detail=f"{exc.__class__.__name__}: {exc}") from None
