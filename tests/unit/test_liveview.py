@@ -1,12 +1,26 @@
-"""The live view's pure pieces: range parsing, bucket widths, timestamps, picking the newest tailed record."""
+"""The live view's own pieces: range parsing, bucket widths, timestamps, the newest tailed record, bounded waits."""
 
 from __future__ import annotations
+
+import socket
+import threading
+import time
 
 import pytest
 
 from include.quoteflow.liveview.elastic_view import bucket_interval_s
 from include.quoteflow.liveview.kafka_view import TailRecord
-from include.quoteflow.liveview.service import _newest_in_tail, epoch_ms, parse_range
+from include.quoteflow.liveview.service import (
+    BACKEND_TIMEOUT_S,
+    BackendUnavailable,
+    KafkaBusy,
+    LiveNames,
+    LiveView,
+    Outage,
+    _newest_in_tail,
+    epoch_ms,
+    parse_range,
+)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("15m", 900), ("1h", 3600), ("90s", 90), ("900", 900), ("1d", 86400)])
@@ -47,3 +61,68 @@ def test_newest_in_tail_uses_the_producer_clock_then_the_offset_and_skips_invali
     newest = _newest_in_tail(records, ["A", "C"])
     assert set(newest) == {"A"}
     assert newest["A"].offset == 7
+
+
+# ---------------------------------------------------------------- bounded waits on a down backend
+# A real confluent-kafka client against a loopback port nobody listens on: no broker, no mock.
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dead_kafka_view():
+    view = LiveView(lambda: None, {"bootstrap.servers": f"127.0.0.1:{_closed_port()}"}, outage_ttl_s=3.0)
+    yield view
+    view.close()
+
+
+def _timed(fn):
+    started = time.monotonic()
+    try:
+        fn()
+    except BackendUnavailable as exc:
+        return time.monotonic() - started, exc
+    raise AssertionError("expected BackendUnavailable")
+
+
+def test_a_down_broker_fails_within_the_backend_timeout_then_at_once_until_the_outage_ttl(dead_kafka_view) -> None:
+    took, first = _timed(lambda: dead_kafka_view.tail("quotes.tradingview"))
+    assert BACKEND_TIMEOUT_S - 0.5 < took < BACKEND_TIMEOUT_S + 1.0, took
+    assert "Kafka at 127.0.0.1:" in str(first) and "tailing quotes.tradingview" in str(first)
+    took, again = _timed(lambda: dead_kafka_view.tail("quotes.tradingview"))
+    assert took < 0.1 and "retrying in" in str(again) and again.retry_after_s <= 3.0
+    time.sleep(3.1)  # the outage is forgotten: the broker is asked again, and waited for again
+    took, _ = _timed(lambda: dead_kafka_view.tail("quotes.tradingview"))
+    assert took > BACKEND_TIMEOUT_S - 0.5, took
+
+
+def test_a_request_that_finds_kafka_busy_is_answered_at_once(dead_kafka_view) -> None:
+    slow = threading.Thread(target=lambda: _timed(lambda: dead_kafka_view.tail("quotes.tradingview")))
+    slow.start()
+    try:
+        time.sleep(0.3)  # the first request now waits on the broker, holding the consumer
+        took, busy = _timed(lambda: dead_kafka_view.tail("quotes.tradingview"))
+        assert isinstance(busy, KafkaBusy) and took < 0.1, (took, busy)
+        names = LiveNames(topic="quotes.tradingview")
+        took, busy = _timed(lambda: dead_kafka_view.health(names, {}))
+        assert isinstance(busy, KafkaBusy) and took < 0.1, (took, busy)
+    finally:
+        slow.join()
+
+
+def test_outage_repeats_the_last_failure_only_for_its_ttl() -> None:
+    outage = Outage(ttl_s=0.3)
+    outage.check()  # nothing failed yet
+    err = outage.failed("Kafka at x did not answer tailing t: down")
+    assert str(err) == "Kafka at x did not answer tailing t: down" and err.retry_after_s == 0.3
+    with pytest.raises(BackendUnavailable, match=r"down \(retrying in 0\.\d s\)"):
+        outage.check()
+    time.sleep(0.35)
+    outage.check()
+    outage.failed("again")
+    outage.recovered()
+    outage.check()
