@@ -8,8 +8,10 @@ unrelated process can never make a stop command signal that process or its group
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -55,13 +57,20 @@ def write_pid_file(path: Path, pid: int) -> None:
     os.replace(tmp, path)  # rename replaces a symlink at path; it never writes through it
 
 
-def read_pid_file(path: Path) -> int | None:
-    """The recorded PID if that very process is still running, else None (missing, stale or malformed)."""
+def read_pid_record(path: Path, owner: int | None = None) -> tuple[int, int] | None:
+    """(pid, start time) if that very process is still running, else None (missing, stale or malformed).
+
+    With ``owner``, a file not owned by that uid (or hard-linked elsewhere) is not trusted either: as root,
+    a PID file someone else could write might name any process.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        st = os.fstat(fd)
+        if owner is not None and (st.st_uid != owner or st.st_nlink != 1 or not stat.S_ISREG(st.st_mode)):
+            return None
         text = os.read(fd, 256).decode(errors="replace")
     finally:
         os.close(fd)
@@ -71,7 +80,13 @@ def read_pid_file(path: Path) -> int | None:
     pid, recorded_start = int(parts[0]), int(parts[1])
     if not alive(pid) or start_time(pid) != recorded_start:
         return None
-    return pid
+    return pid, recorded_start
+
+
+def read_pid_file(path: Path, owner: int | None = None) -> int | None:
+    """The recorded PID if that very process is still running, else None (missing, stale or malformed)."""
+    record = read_pid_record(path, owner)
+    return record[0] if record else None
 
 
 def children_map() -> dict[int, list[int]]:
@@ -138,3 +153,91 @@ def terminate(victims: dict[int, int], grace: float, group_leader: int | None = 
         if not remaining():
             return True
     return not remaining()
+
+
+def _decode_address(hex_addr: str) -> str:
+    """An address of /proc/net/tcp{,6} (host-order 32-bit words in hex) as text: ``0100007F`` → ``127.0.0.1``."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def parse_listeners(text: str) -> dict[int, tuple[str, int]]:
+    """Socket inode → (local address, port) of each LISTEN (state 0A) line of a /proc/net/tcp or tcp6 text."""
+    found = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":
+            continue
+        address, port = fields[1].split(":")
+        found[int(fields[9])] = (_decode_address(address), int(port, 16))
+    return found
+
+
+def tcp_listeners() -> dict[int, tuple[str, int]]:
+    """Socket inode → (local address, port) of every listening TCP socket in this network namespace."""
+    found: dict[int, tuple[str, int]] = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            found.update(parse_listeners(Path(f"/proc/net/{name}").read_text()))
+        except FileNotFoundError:
+            continue  # no IPv6 in this kernel
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets ``pid`` holds open (``/proc/<pid>/fd/* → socket:[inode]``)."""
+    inodes = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def listeners_of(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, local address, port) of every listening TCP socket held by one of ``pids``."""
+    listening = tcp_listeners()
+    return sorted((pid, *listening[inode]) for pid in pids for inode in socket_inodes(pid) if inode in listening)
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``)."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent chain of ``pid`` up to init: what a sweep must never signal when run from inside it."""
+    chain = []
+    while True:
+        fields = _stat_fields(pid)
+        if fields is None or len(fields) < 2 or int(fields[1]) <= 0:
+            return chain
+        pid = int(fields[1])
+        chain.append(pid)
+
+
+def with_environ(entry: str) -> list[int]:
+    """Live processes whose environment holds exactly the ``NAME=value`` ``entry`` (not the caller or its parents)."""
+    needle = entry.encode()
+    skip = {os.getpid(), *ancestors(os.getpid())}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in skip:
+            continue
+        try:
+            env = (proc / "environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if needle in env.split(b"\0") and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
