@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata, resources
 from pathlib import Path
@@ -513,3 +514,327 @@ def test_shell_scripts_parse(services: dict[str, Any]) -> None:
     for name, shell, script in scripts:
         result = subprocess.run([shell, "-n", "-c", script], capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
+# ---------------------------------------------------------------- (7) secrets: placeholders refused, never in argv
+#
+# The one-shot scripts cannot run under Docker here, so their exact text (as Compose hands it to the
+# container) runs under bash with a PATH whose first folder holds recording stand-ins for the commands
+# they call. The stand-in curl records its argv and stdin, then runs the real curl against a loopback
+# recorder, so what curl really sends (the Authorization header, the JSON body) is checked too.
+
+PLACEHOLDER = re.compile(r"change-?me", re.IGNORECASE)
+SECRET_SUFFIXES = ("_PASSWORD", "_KEY", "_SECRET")
+
+
+def secret_names(env_example: Mapping[str, str]) -> set[str]:
+    """Every .env variable that holds a secret (by the names .env.example gives them)."""
+    return {name for name in env_example if name.endswith(SECRET_SUFFIXES)}
+
+
+@pytest.fixture(scope="module")
+def secure_env(filled_env: dict[str, str]) -> dict[str, str]:
+    """A .env with every placeholder replaced by a real-looking secret, as a careful user writes it."""
+    import secrets
+
+    env = dict(filled_env)
+    for name in secret_names(filled_env):
+        if name != "AIRFLOW_FERNET_KEY":
+            env[name] = f"{name.lower().replace('_', '')}.{secrets.token_hex(12)}"
+    env["KIBANA_ENCRYPTION_KEY"] = secrets.token_hex(32)
+    return env
+
+
+class _Recorder:
+    """A loopback HTTP server that records each request (method, path, headers, body) and answers ``status``."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                recorder.requests.append(
+                    {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                self.send_response(recorder.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[_Recorder]:
+    server = _Recorder()
+    yield server
+    server.close()
+
+
+STAND_IN = """#!{python}
+# Records its argv (and, for curl, its stdin) as one JSON line, then does what the test needs.
+import json, os, subprocess, sys
+name = os.path.basename(sys.argv[0])
+stdin = sys.stdin.read() if name == "curl" else ""
+with open(os.environ["STAND_IN_LOG"], "a") as log:
+    log.write(json.dumps({{"name": name, "argv": sys.argv[1:], "stdin": stdin}}) + "\\n")
+if name == "curl":
+    # The real curl, with every host:port sent to the loopback recorder.
+    port = os.environ["STAND_IN_PORT"]
+    argv = ["{curl}", "--connect-to", f"::127.0.0.1:{{port}}", *sys.argv[1:]]
+    sys.exit(subprocess.run(argv, input=stdin, text=True).returncode)
+if name == "python":
+    os.execv("{python}", ["{python}", *sys.argv[1:]])
+if name == "chmod":
+    os.execv("{chmod}", ["{chmod}", *sys.argv[1:]])
+"""
+
+
+@dataclass
+class ScriptRun:
+    returncode: int
+    stderr: str
+    stdout: str
+    calls: list[dict[str, Any]]
+
+
+def run_script(
+    tmp_path: Path, shell: str, script: str, env: Mapping[str, str], recorder: _Recorder | None = None
+) -> ScriptRun:
+    """Run ``script`` as ``shell -c`` with ``env`` only, the stand-ins first on PATH; return what they saw."""
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    text = STAND_IN.format(python=sys.executable, curl=shutil.which("curl"), chmod=shutil.which("chmod"))
+    for name in ("curl", "python", "chmod", "chown", "mkdir", "entrypoint"):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    full_env = {
+        **env,
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "STAND_IN_LOG": str(log),
+        "STAND_IN_PORT": str(recorder.port if recorder else 9),
+        "TMPDIR": str(tmp_path),
+    }
+    # The image's entrypoint lives at /entrypoint; the stand-in takes its place.
+    script = script.replace("exec /entrypoint ", f"exec {bin_dir}/entrypoint ")
+    result = subprocess.run(
+        [shell, "-c", script], env=full_env, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return ScriptRun(result.returncode, result.stderr, result.stdout, calls)
+
+
+def service_script(compose_doc: Mapping[str, Any], name: str) -> tuple[str, str, dict[str, str]]:
+    """(shell, script, container environment) of a one-shot service's ``-c`` command."""
+    service = compose_doc["services"][name]
+    argv = [*([service["entrypoint"]] if isinstance(service.get("entrypoint"), str) else []), *service["command"]]
+    assert argv[-2] == "-c", f"{name}'s command is not `<shell> -c <script>`"
+    shell = Path(argv[0]).name
+    return shell, argv[-1], environment(service)
+
+
+def assert_no_secret_in_argv(calls: list[dict[str, Any]], env: Mapping[str, str], names: set[str]) -> None:
+    for call in calls:
+        for name in names:
+            value = env[name]
+            assert not any(value in arg for arg in call["argv"]), f"{name} is in the argv of {call['name']}: {call}"
+
+
+def test_one_shot_scripts_refuse_placeholder_secrets(
+    raw_compose: dict[str, Any], filled_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`cp .env.example .env` plus the generated keys still has change-me passwords: both scripts stop, naming them."""
+    compose_doc = resolve(raw_compose, filled_env)
+    placeholders = {name for name in secret_names(filled_env) if PLACEHOLDER.search(filled_env[name])}
+    assert {"AIRFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "ELASTIC_PASSWORD", "KIBANA_PASSWORD"} <= placeholders
+    named: set[str] = set()
+    for service in ("airflow-init", "es-setup"):
+        shell, script, env = service_script(compose_doc, service)
+        run = run_script(tmp_path, shell, script, env)
+        assert run.returncode != 0, f"{service} started with placeholder secrets"
+        assert run.calls == [], f"{service} ran commands before refusing: {run.calls}"
+        assert f"{service}: " in run.stderr and "change-me placeholder" in run.stderr and ".env" in run.stderr
+        named |= {name for name in placeholders if re.search(rf"\b{name}\b", run.stderr)}
+        assert "AIRFLOW_FERNET_KEY" not in run.stderr and "AIRFLOW_JWT_SECRET" not in run.stderr, run.stderr
+        for name in placeholders:
+            assert filled_env[name] not in run.stderr + run.stdout, f"{service} printed the value of {name}"
+    assert named == placeholders
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "change-me", "CHANGEME-please", "my-change-me-secret", "change-me-to-32-or-more-random-characters"]
+)
+def test_every_secret_is_checked_by_a_one_shot_script(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path: Path, recorder: _Recorder, bad: str
+) -> None:
+    """Each secret of .env, alone empty or a placeholder, stops airflow-init or es-setup, which name it."""
+    compose_doc = resolve(raw_compose, secure_env)
+    scripts = {service: service_script(compose_doc, service) for service in ("airflow-init", "es-setup")}
+    for name in sorted(secret_names(secure_env)):
+        stopped_by = []
+        for service, (shell, script, env) in scripts.items():
+            if name not in env:
+                continue
+            run = run_script(tmp_path, shell, script, {**env, name: bad}, recorder)
+            if run.returncode != 0:
+                assert re.search(rf"\b{name}\b", run.stderr), f"{service} stopped without naming {name}: {run.stderr}"
+                assert run.calls == [], f"{service} ran commands before refusing {name}"
+                stopped_by.append(service)
+        assert stopped_by, f"a {bad!r} {name} is refused by neither airflow-init nor es-setup"
+
+
+def test_airflow_init_passes_no_secret_as_an_argument(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With real secrets airflow-init writes the admin password file (0600) and hands over to the entrypoint."""
+    compose_doc = resolve(raw_compose, secure_env)
+    shell, script, env = service_script(compose_doc, "airflow-init")
+    passwords = tmp_path / "auth" / "passwords.json"
+    passwords.parent.mkdir()
+    env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(passwords)
+    run = run_script(tmp_path, shell, script, env)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(passwords.read_text()) == {"admin": secure_env["AIRFLOW_ADMIN_PASSWORD"]}
+    assert passwords.stat().st_mode & 0o777 == 0o600
+    names = [call["name"] for call in run.calls]
+    assert names == ["mkdir", "python", "chmod", "chown", "entrypoint"], names
+    assert run.calls[-1]["argv"] == ["bash", "-c", "airflow db migrate && airflow version"]
+    assert_no_secret_in_argv(run.calls, secure_env, secret_names(secure_env))
+
+
+def test_es_setup_sends_the_secrets_on_curls_stdin(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path: Path, recorder: _Recorder
+) -> None:
+    """es-setup's curl gets the login and the new password on stdin; Elasticsearch still receives both."""
+    import base64
+
+    compose_doc = resolve(raw_compose, secure_env)
+    shell, script, env = service_script(compose_doc, "es-setup")
+    run = run_script(tmp_path, shell, script, env, recorder)
+    assert run.returncode == 0, run.stderr
+    assert "kibana_system password set" in run.stdout
+    (curl,) = [call for call in run.calls if call["name"] == "curl"]
+    assert_no_secret_in_argv(run.calls, secure_env, secret_names(secure_env))
+    assert curl["argv"][:2] == ["-K", "-"]
+    assert secure_env["ELASTIC_PASSWORD"] in curl["stdin"] and secure_env["KIBANA_PASSWORD"] in curl["stdin"]
+    (request,) = recorder.requests
+    assert (request["method"], request["path"]) == ("POST", "/_security/user/kibana_system/_password")
+    login = base64.b64encode(f"elastic:{secure_env['ELASTIC_PASSWORD']}".encode()).decode()
+    assert request["headers"]["Authorization"] == f"Basic {login}"
+    assert request["headers"]["Content-Type"] == "application/json"
+    assert json.loads(request["body"]) == {"password": secure_env["KIBANA_PASSWORD"]}
+
+
+def test_es_setup_names_a_refused_elastic_password(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path: Path, recorder: _Recorder
+) -> None:
+    recorder.status = 401
+    shell, script, env = service_script(resolve(raw_compose, secure_env), "es-setup")
+    run = run_script(tmp_path, shell, script, env, recorder)
+    assert run.returncode == 1
+    assert "refused ELASTIC_PASSWORD" in run.stderr and "docker compose down -v" in run.stderr
+    assert len(recorder.requests) == 1, "a refused password is final, not retried"
+
+
+def test_elasticsearch_healthcheck_logs_in_without_argv(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path: Path, recorder: _Recorder
+) -> None:
+    """The healthcheck runs under the image's /bin/sh (here dash, as strict as it gets) with curl -K -."""
+    import base64
+
+    compose_doc = resolve(raw_compose, secure_env)
+    service = compose_doc["services"]["elasticsearch"]
+    kind, script = service["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    run = run_script(tmp_path, "sh", script, environment(service), recorder)
+    assert run.returncode == 0, run.stderr
+    assert_no_secret_in_argv(run.calls, secure_env, secret_names(secure_env))
+    (request,) = recorder.requests
+    assert request["path"] == "/_cluster/health?wait_for_status=yellow&timeout=5s"
+    login = base64.b64encode(f"elastic:{secure_env['ELASTIC_PASSWORD']}".encode()).decode()
+    assert request["headers"]["Authorization"] == f"Basic {login}"
+    recorder.status = 408
+    red = run_script(tmp_path, "sh", script, environment(service), recorder)
+    assert red.returncode != 0, "a red cluster (408) must not count as healthy"
+
+
+def argv_texts(service: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, text) of every string that becomes a process's argv: command, entrypoint, healthcheck test."""
+    for key in ("command", "entrypoint"):
+        value = service.get(key)
+        for item in [value] if isinstance(value, str) else value or []:
+            yield key, item
+    for item in (service.get("healthcheck") or {}).get("test") or []:
+        yield "healthcheck.test", item
+
+
+_SHELL_VAR = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def secret_argument_lines(script: str, names: set[str]) -> list[str]:
+    """Lines of a shell script that expand a secret anywhere but in a here-document or a builtin printf."""
+    bad = []
+    heredoc_end: str | None = None
+    for line in script.splitlines():
+        if heredoc_end is not None:
+            if line.strip() == heredoc_end:
+                heredoc_end = None
+            continue
+        for segment in line.split("|"):
+            used = {m.group("braced") or m.group("plain") for m in _SHELL_VAR.finditer(segment)} & names
+            if used and not segment.strip().startswith("printf "):
+                bad.append(line.strip())
+        if match := re.search(r"<<-?\s*'?(\w+)'?\s*$", line):
+            heredoc_end = match.group(1)
+    return bad
+
+
+def test_no_secret_is_ever_in_an_argv_position(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], env_example: dict[str, str]
+) -> None:
+    """Secrets reach containers as environment only: never interpolated into, or expanded as, an argument."""
+    names = secret_names(env_example)
+    compose_doc = resolve(raw_compose, secure_env)
+    checked = 0
+    for name, raw_service in raw_compose["services"].items():
+        for where, text in argv_texts(raw_service):
+            interpolated = referenced_variables(text) & names
+            assert not interpolated, f"{name} {where} has Compose put {sorted(interpolated)} into an argument"
+        for where, text in argv_texts(compose_doc["services"][name]):
+            checked += 1
+            leaked = [n for n in names if secure_env[n] in text]
+            assert not leaked, f"{name} {where} carries the value of {leaked}"
+            assert secret_argument_lines(text, names) == [], f"{name} {where} passes a secret as an argument"
+    assert checked >= 10
+
+
+def test_the_argv_check_catches_a_secret_argument() -> None:
+    names = {"ELASTIC_PASSWORD"}
+    assert secret_argument_lines('curl -u "elastic:${ELASTIC_PASSWORD}" http://x', names)
+    assert secret_argument_lines("echo x | curl -d $ELASTIC_PASSWORD http://x", names)
+    assert not secret_argument_lines('printf "%s" "$ELASTIC_PASSWORD" | curl -K - http://x', names)
+    assert not secret_argument_lines('curl -K - http://x <<EOF\nuser = "e:${ELASTIC_PASSWORD}"\nEOF\n', names)
+    assert secret_argument_lines('curl -K - <<EOF\nx\nEOF\ncurl -u "$ELASTIC_PASSWORD"', names)
