@@ -4,6 +4,16 @@ It stands in for ``data.tradingview.com`` in tests, benchmarks and the offline d
 hello, heartbeats (and drops clients that do not echo them), checks the client's packets the way
 TradingView does, and streams either a replay of a frames JSONL file or synthetic quotes, with
 optional faults (drop, stall, garbage packets, bad length prefixes).
+
+The quote methods follow ``shared/docs/tradingview-protocol.md`` §4-§6 and the captured frames:
+several quote sessions per socket, each with its own keys and field set; keys in the plain
+``EXCHANGE:TICKER`` form or the ``=``-JSON spec form, every ``qsd`` naming the key exactly as the
+client sent it; an update fanned out once per key when one instrument is subscribed under several
+keys (tv.har #66, #84); ``quote_set_fields`` honoured (only those fields are sent);
+``quote_remove_symbols``, ``quote_hibernate_all`` and ``quote_delete_session`` stop updates;
+``quote_fast_symbols`` accepted silently; methods the feed does not model ignored without a reply.
+The replay plays its recording back as it is: subscriptions and field sets shape only the
+synthetic feed.
 """
 
 from __future__ import annotations
@@ -42,6 +52,19 @@ logger = logging.getLogger(__name__)
 _QS_ID = re.compile(r'"qs_[A-Za-z0-9_\-]+"')
 # Non-ASCII text (CJK plus one character outside the BMP) so clients meet the UTF-16 length rule.
 _DESCRIPTIONS = ("Bitcoin / Tether", "比特币 / 泰达币", "Solana 🚀 / Tether", "Éther / Tether")
+
+
+# Quote methods whose first parameter names one of the client's quote sessions.
+_SESSION_METHODS = frozenset(
+    {
+        "quote_set_fields",
+        "quote_add_symbols",
+        "quote_fast_symbols",
+        "quote_remove_symbols",
+        "quote_hibernate_all",
+        "quote_delete_session",
+    }
+)
 
 
 class FeedServerError(Exception):
@@ -89,6 +112,29 @@ def synthetic_universe(count: int) -> list[str]:
     return names
 
 
+def instrument_of(key: str) -> str | None:
+    """The instrument a subscription key names: a plain key as is, a ``=``-spec by its ``symbol``; None if invalid.
+
+    Keys: ``BINANCE:SOLUSDT``; ``={"adjustment":"splits","currency-id":"USD","symbol":"BINANCE:SOLUSDT"}``.
+    The doc lists the spec keys ``symbol``, ``adjustment``, ``session``, ``currency-id``, ``metric``,
+    ``backadjustment`` and ``replay`` but is silent on what TradingView does with other keys or other
+    values, so only ``symbol`` is checked. It is also silent on lower-case and exchange-less keys and
+    on a spec nested in a spec: none is shown accepted, so they name no instrument the feed knows.
+    """
+    if not key.startswith("="):
+        return key
+    try:
+        spec = orjson.loads(key[1:])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(spec, dict):
+        return None
+    symbol = spec.get("symbol")
+    if not isinstance(symbol, str) or symbol.startswith("="):
+        return None
+    return symbol
+
+
 @dataclass(slots=True)
 class _SymbolWalk:
     """The server-side truth for one synthetic symbol; ``seq`` doubles as its volume."""
@@ -111,7 +157,7 @@ class FeedStats:
     connections: int = 0
     connect_times: list[float] = field(default_factory=list)
     messages_sent: int = 0
-    updates_sent: Counter[str] = field(default_factory=Counter)
+    updates_sent: Counter[str] = field(default_factory=Counter)  # synthetic qsd packets per key as sent
     heartbeats_sent: int = 0
     heartbeats_echoed: int = 0
     dropped_for_heartbeat: int = 0
@@ -119,6 +165,23 @@ class FeedStats:
     client_packets: list[tuple[int, str, list[Any]]] = field(default_factory=list)
     client_malformed: int = 0
     errors_sent: Counter[str] = field(default_factory=Counter)
+    # Client methods the feed does not act on (set_locale, chart_*, unknown names ...): no reply, as TradingView.
+    ignored_methods: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _QuoteSession:
+    """One quote session of a client: its keys as sent, its field set, and whether it is paused."""
+
+    qs: str
+    keys: dict[str, str] = field(default_factory=dict)  # key as sent → instrument, in subscription order
+    fast: set[str] = field(default_factory=set)
+    fields: frozenset[str] | None = None  # None until quote_set_fields: every field is sent (tv.har)
+    hibernating: bool = False
+
+
+# One instrument's update targets: (session id, key as sent, that session's field set).
+_Target = tuple[str, str, frozenset[str] | None]
 
 
 class _Client:
@@ -128,8 +191,10 @@ class _Client:
         self.number = number
         self.conn = conn
         self.faulty = faulty
-        self.qs: str | None = None
-        self.symbols: list[str] = []
+        self.sessions: dict[str, _QuoteSession] = {}
+        self.qs: str | None = None  # the newest quote session: the replay addresses its packets to it
+        # Rebuilt whole on every subscription change, so the writer reads one consistent tuple.
+        self.routes: tuple[tuple[_SymbolWalk, tuple[_Target, ...]], ...] = ()
         self.subscribed = threading.Event()
         self.closed = threading.Event()
         self.pending_heartbeats: dict[str, float] = {}
@@ -307,44 +372,104 @@ class FeedServer:
                 self._send(client, encode_packet("protocol_error", ["bad auth token"]))
                 client.conn.close()
             return
-        if method == "quote_create_session" and params:
-            client.qs = str(params[0])
-            return
-        if method in ("quote_add_symbols", "quote_fast_symbols"):
-            qs = params[0] if params else None
-            symbols = params[1:]
-            if qs != client.qs or any(not isinstance(s, str) for s in symbols):
-                stats.errors_sent["critical_error"] += 1
-                self._send(client, encode_packet("critical_error", [qs, "invalid_parameters", method]))
+        if method == "quote_create_session":
+            if not params or not isinstance(params[0], str) or not params[0]:
+                self._critical(client, params[0] if params else None, method)
                 return
-            if method == "quote_add_symbols":
-                self._add_symbols(client, symbols)
-            return
-        if method == "quote_remove_symbols" and params and params[0] == client.qs:
+            # The doc is silent on a second create with an id already in use: it starts that session afresh.
             with client.lock:
-                client.symbols = [s for s in client.symbols if s not in params[1:]]
+                client.sessions[params[0]] = _QuoteSession(params[0])
+                client.qs = params[0]
+            self._publish_routes(client)
+            return
+        if method in _SESSION_METHODS:
+            qs = params[0] if params else None
+            session = client.sessions.get(qs) if isinstance(qs, str) else None
+            args = params[1:]
+            # The legacy {"flags":[...]} object (and any other non-string) is refused as TradingView now does
+            # for quote_add_symbols (PerfectDreams 2024, 0xrushi #25); the doc shows no reply for the other
+            # quote methods, so the same critical_error stands in for an unknown session or a bad parameter.
+            if session is None or any(not isinstance(a, str) for a in args):
+                self._critical(client, qs, method)
+                return
+            self._on_session_packet(client, session, method, args)
+            return
+        stats.ignored_methods[method] += 1
 
-    def _add_symbols(self, client: _Client, symbols: list[str]) -> None:
+    def _critical(self, client: _Client, qs: Any, method: str) -> None:
+        """``critical_error [qs, "invalid_parameters", method]``: the session stays open, as on TradingView."""
+        self.stats.errors_sent["critical_error"] += 1
+        self._send(client, encode_packet("critical_error", [qs, "invalid_parameters", method]))
+
+    def _on_session_packet(self, client: _Client, session: _QuoteSession, method: str, args: list[str]) -> None:
+        """One quote method for an existing session; only quote_add_symbols gets a reply (qsd, quote_completed)."""
+        if method == "quote_add_symbols":
+            self._add_symbols(client, session, args)
+            return
+        with client.lock:
+            if method == "quote_set_fields":
+                # Each call replaces the set (the web app sends one full list per session; the doc is silent on
+                # merging). An empty list leaves nothing to send but quote_completed.
+                session.fields = frozenset(args)
+            elif method == "quote_fast_symbols":
+                # Accepted silently: it marks keys for real-time updates and subscribes nothing. The doc is
+                # silent on waking a hibernating session; the web app sends this when it shows symbols again.
+                session.fast.update(args)
+                session.hibernating = False
+            elif method == "quote_remove_symbols":
+                for key in args:  # keys never added are ignored: the doc shows no reply to a remove
+                    session.keys.pop(key, None)
+                    session.fast.discard(key)
+            elif method == "quote_hibernate_all":
+                session.hibernating = True
+            elif method == "quote_delete_session":
+                del client.sessions[session.qs]
+                if client.qs == session.qs:
+                    client.qs = next(reversed(client.sessions), None)
+        self._publish_routes(client)
+
+    def _add_symbols(self, client: _Client, session: _QuoteSession, keys: list[str]) -> None:
+        """Answer each key as TradingView does: its current snapshot and ``quote_completed``, or ``s:"error"``."""
         packets = []
-        added = []
-        for key in symbols:
-            if key not in self.known_symbols:
+        added: dict[str, str] = {}
+        qs = session.qs
+        for key in keys:
+            instrument = instrument_of(key)
+            if instrument is None or instrument not in self.known_symbols:
                 self.stats.errors_sent["no_such_symbol"] += 1
                 packets.append(
-                    encode_packet("qsd", [client.qs, {"n": key, "s": "error", "errmsg": "no_such_symbol", "v": {}}])
+                    encode_packet("qsd", [qs, {"n": key, "s": "error", "errmsg": "no_such_symbol", "v": {}}])
                 )
                 continue
-            added.append(key)
-            walk = self._walks.get(key)
+            added[key] = instrument
+            walk = self._walks.get(instrument)
             if walk is not None and walk.seq > 0:
                 # Like TradingView after a (re)subscribe: the full current snapshot first.
-                packets.append(self._snapshot_packet(client.qs, walk))
-            packets.append(encode_packet("quote_completed", [client.qs, key]))
+                values = _only(walk.sent, session.fields)
+                if values:
+                    packets.append(self._snapshot_packet(qs, key, values))
+            packets.append(encode_packet("quote_completed", [qs, key]))
         if packets:
             self._send(client, "".join(packets))
         with client.lock:
-            client.symbols.extend(s for s in added if s not in client.symbols)
+            for key, instrument in added.items():
+                session.keys.setdefault(key, instrument)
+            # The doc is silent on what wakes a hibernating session; adding symbols to it does here.
+            session.hibernating = False
+        self._publish_routes(client)
         client.subscribed.set()
+
+    def _publish_routes(self, client: _Client) -> None:
+        """Rebuild the writer's view: each subscribed instrument with every (session, key) it fans out to."""
+        with client.lock:
+            targets: dict[str, list[_Target]] = {}
+            for session in client.sessions.values():
+                if session.hibernating:
+                    continue
+                for key, instrument in session.keys.items():
+                    targets.setdefault(instrument, []).append((session.qs, key, session.fields))
+            walks = self._walks
+            client.routes = tuple((walks[i], tuple(t)) for i, t in targets.items() if i in walks)
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -438,35 +563,35 @@ class FeedServer:
             if not self.config.loop:
                 return
 
-    def _snapshot_packet(self, qs: str | None, walk: _SymbolWalk) -> str:
+    def _snapshot_packet(self, qs: str, key: str, values: dict[str, Any]) -> str:
         """The full merged state of everything sent so far, as TradingView sends after a subscribe."""
-        return frame(orjson.dumps({"m": "qsd", "p": [qs, {"n": walk.key, "s": "ok", "v": walk.sent}]}).decode())
+        return frame(orjson.dumps({"m": "qsd", "p": [qs, {"n": key, "s": "ok", "v": values}]}).decode())
 
     def _synthetic_messages(self, client: _Client) -> Any:
-        """Partial qsd updates, round-robin over the client's symbols, ``packets_per_message`` per message."""
+        """Partial qsd updates, round-robin over the subscribed instruments, ``packets_per_message`` per message.
+
+        Each update goes to every key that names its instrument, in one message (tv.har #66, #84), with
+        only the fields of that key's session set; an update left with no field for a key is not sent.
+        """
         config = self.config
         per_message = config.packets_per_message
         delay = per_message / config.rate if config.rate > 0 else 0.0
         rng = self._rng
-        walks = self._walks
         dumps = orjson.dumps
         updates = self.stats.updates_sent
         index = 0
         while True:
-            with client.lock:
-                symbols = list(client.symbols)
-            if not symbols:
+            routes = client.routes
+            if not routes:
                 yield delay, None
                 continue
-            qs = client.qs
             now = int(time.time())
             parts = []
             for _ in range(per_message):
-                walk = walks[symbols[index % len(symbols)]]
+                walk, targets = routes[index % len(routes)]
                 index += 1
                 walk.seq += 1
                 seq = walk.seq
-                updates[walk.key] += 1
                 walk.price = price = max(0.01, round(walk.price * (1.0 + rng.gauss(0.0, 0.0005)), 4))
                 change = round(price - walk.prev_close, 4)
                 values: dict[str, Any] = {"lp": price, "volume": float(seq), "ch": change}
@@ -486,9 +611,13 @@ class FeedServer:
                 if seq % 97 == 1:
                     values["description"] = _DESCRIPTIONS[seq % len(_DESCRIPTIONS)]
                 walk.sent.update(values)
-                payload = dumps({"m": "qsd", "p": [qs, {"n": walk.key, "s": "ok", "v": values}]}).decode()
-                parts.append(frame(payload))
-            yield delay, "".join(parts)
+                for qs, key, fields in targets:
+                    sent = values if fields is None else {k: v for k, v in values.items() if k in fields}
+                    if not sent:
+                        continue
+                    updates[key] += 1
+                    parts.append(frame(dumps({"m": "qsd", "p": [qs, {"n": key, "s": "ok", "v": sent}]}).decode()))
+            yield delay, ("".join(parts) if parts else None)
 
 
 def load_replay(path: str | Path) -> list[tuple[float | None, list[str]]]:
@@ -519,16 +648,25 @@ def load_replay(path: str | Path) -> list[tuple[float | None, list[str]]]:
     return messages
 
 
+def _only(values: dict[str, Any], fields: frozenset[str] | None) -> dict[str, Any]:
+    """A copy of ``values`` restricted to a session's field set (all of them when it never set one)."""
+    copied = dict(values)  # one C-level copy: another client's writer may be updating ``values`` meanwhile
+    return copied if fields is None else {k: v for k, v in copied.items() if k in fields}
+
+
 def _replay_symbols(messages: list[tuple[float | None, list[str]]]) -> set[str]:
-    """Every ``n`` key of the replay's ``qsd`` packets: the symbols this feed knows."""
+    """The instrument of every ``n`` key of the replay's ``qsd`` packets: the symbols this feed knows."""
     known: set[str] = set()
     for _, payloads in messages:
         for payload in payloads:
             if payload.startswith('{"m":"qsd"'):
                 decoded = orjson.loads(payload)
                 body = decoded["p"][1] if len(decoded.get("p", [])) > 1 else None
-                if isinstance(body, dict) and isinstance(body.get("n"), str):
-                    known.add(body["n"])
+                instrument = (
+                    instrument_of(body["n"]) if isinstance(body, dict) and isinstance(body.get("n"), str) else None
+                )
+                if instrument is not None:
+                    known.add(instrument)
     return known
 
 
