@@ -158,8 +158,9 @@ def terminate(victims: dict[int, int], grace: float, group_leader: int | None = 
 def _decode_address(hex_addr: str) -> str:
     """An address of /proc/net/tcp{,6} (host-order 32-bit words in hex) as text: ``0100007F`` → ``127.0.0.1``."""
     raw = bytes.fromhex(hex_addr)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(ipaddress.ip_address(words))
+    ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return f"::ffff:{mapped}" if mapped else str(ip)
 
 
 def parse_listeners(text: str) -> dict[int, tuple[str, int]]:
