@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 
 from include.quoteflow.tradingview.protocol import (
+    FAST_PATH_MAX_PACKETS,
     HEARTBEAT,
     HELLO,
+    MALFORMED_LOGGED,
+    MAX_MALFORMED_PER_MESSAGE,
     MESSAGE,
+    TOO_MANY_MALFORMED,
+    MalformedPacket,
     decode_message,
     encode_packet,
     frame,
@@ -211,3 +216,39 @@ def test_payload_containing_the_prefix_pattern_is_cut_by_length_not_by_pattern()
     assert decoded.malformed == []
     assert [p.raw for p in decoded.packets] == [tricky, "~h~9", tricky]
     assert decoded.packets[0].params[1]["v"]["description"] == "a~m~3~m~abc~m~"
+
+
+def test_a_message_of_garbage_costs_bounded_work_and_says_how_much_it_skipped():
+    flood = "~m~9~m~" * 100_000
+    payloads, malformed = split_packets(flood)
+    assert payloads == []
+    assert len(malformed) == MAX_MALFORMED_PER_MESSAGE + 1
+    assert {m.reason for m in malformed[:-1]} == {"length_mismatch"}
+    assert malformed[-1].reason == TOO_MANY_MALFORMED
+    assert malformed[-1].excerpt.startswith(f"{len(flood) - 7 * MAX_MALFORMED_PER_MESSAGE} characters skipped: ~m~9")
+    assert len(malformed[-1].excerpt) < 200
+
+
+def test_malformed_packets_are_logged_one_by_one_up_to_a_limit_then_counted(caplog):
+    bad = [MalformedPacket("not_json", f"x{i}") for i in range(MALFORMED_LOGGED + 40)]
+    bad += [MalformedPacket("bad_length", "y"), MalformedPacket(TOO_MANY_MALFORMED, "123 characters skipped: z")]
+    with caplog.at_level(logging.WARNING):
+        log_malformed(bad, "feed")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == MALFORMED_LOGGED + 1
+    assert lines[0] == "skipped malformed packet from feed (not_json): 'x0'"
+    assert lines[-1] == (
+        "skipped 42 more malformed packet(s) from feed in the same message "
+        "(bad_length=1, not_json=40, too_many_malformed=1); gave up on the rest of the message: "
+        "'123 characters skipped: z'"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        log_malformed(bad[:MALFORMED_LOGGED], "feed")
+    assert len(caplog.records) == MALFORMED_LOGGED  # no count line when every packet was logged
+
+
+def test_a_message_with_more_packets_than_the_fast_path_takes_still_decodes_exactly():
+    message = frame("~h~1") * (FAST_PATH_MAX_PACKETS + 1)
+    payloads, malformed = split_packets(message)
+    assert payloads == ["~h~1"] * (FAST_PATH_MAX_PACKETS + 1) and malformed == []

@@ -25,7 +25,9 @@ from websocket._url import parse_url  # what websocket-client itself connects to
 from include.quoteflow.quotes import format_timestamp
 from include.quoteflow.settings import ConfigError
 from include.quoteflow.tradingview.protocol import (
+    EXCERPT_CHARS,
     HELLO,
+    MALFORMED_LOGGED,
     MESSAGE,
     MalformedPacket,
     ProtocolError,
@@ -65,24 +67,70 @@ class WatchdogTimeout(ProtocolError):
 
 
 class MessageTooBig(ProtocolError):
-    """A websocket frame announced more bytes than ``max_message_size``; refused before it is read."""
+    """A websocket message would exceed ``max_message_size``; refused before the offending frame is read.
+
+    ``size`` is what the message would have reached, ``held`` what was already buffered of it (the
+    earlier frames of a fragmented message; 0 for a single frame).
+    """
+
+    def __init__(self, size: int, held: int, limit: int) -> None:
+        if held:
+            text = (
+                f"a fragmented websocket message would reach {size} bytes with its next frame "
+                f"({held} bytes already received) and exceeds max_message_size={limit}"
+            )
+        else:
+            text = f"a {size}-byte websocket frame exceeds max_message_size={limit}"
+        super().__init__(text)
+        self.size = size
+        self.held = held
 
 
-def _limit_frame_size(ws: websocket.WebSocket, limit: int) -> None:
-    """Make ``ws`` refuse a frame as soon as its header announces more than ``limit`` bytes.
+def _limit_message_size(ws: websocket.WebSocket, limit: int) -> None:
+    """Make ``ws`` refuse a message as soon as it is known to exceed ``limit`` bytes.
 
-    websocket-client has no size limit of its own; checking the announced length before the payload
-    is read keeps a runaway or hostile peer from making us buffer it.
+    websocket-client has no size limit of its own, and it joins the continuation frames of a fragmented
+    message with ``bytes +=`` (quadratic copying) until the final one. Two of its internals are wrapped:
+
+    - ``frame_buffer.recv_length`` runs right after a frame header's length is read and before its
+      payload is: the frame's announced length plus, for a continuation frame, the bytes already
+      collected for the message (``cont_frame.cont_data``) must stay within ``limit``, so a runaway or
+      hostile peer can make us buffer at most ``limit`` bytes, one frame or many;
+    - ``cont_frame.add`` collects the fragments in a ``bytearray`` (linear); a single-frame message, the
+      usual case, is handed on as the ``bytes`` it arrived as.
     """
     buffer = ws.frame_buffer
+    cont = ws.cont_frame
     read_length = buffer.recv_length
+    opcode_cont = websocket.ABNF.OPCODE_CONT
+    data_opcodes = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
 
     def recv_length_checked() -> None:
         read_length()
-        if buffer.length is not None and buffer.length > limit:
-            raise MessageTooBig(f"a {buffer.length}-byte websocket frame exceeds max_message_size={limit}")
+        length = buffer.length
+        if length is None or buffer.header is None:
+            return
+        collected = cont.cont_data
+        held = len(collected[1]) if collected and buffer.header[4] == opcode_cont else 0
+        if held + length > limit:
+            raise MessageTooBig(held + length, held, limit)
+
+    def add_linear(frame: websocket.ABNF) -> None:
+        collected = cont.cont_data
+        if collected:
+            joined = collected[1]
+            if type(joined) is bytes:
+                joined = collected[1] = bytearray(joined)
+            joined += frame.data
+        else:
+            if frame.opcode in data_opcodes:
+                cont.recving_frames = frame.opcode
+            cont.cont_data = [frame.opcode, frame.data]
+        if frame.fin:
+            cont.recving_frames = None
 
     buffer.recv_length = recv_length_checked  # type: ignore[method-assign]
+    cont.add = add_linear  # type: ignore[method-assign]
 
 
 def _endpoint(url: str) -> tuple[str, str, int, bool] | None:
@@ -186,6 +234,9 @@ class ClientStats:
     connects: int = 0
     reconnects: int = 0
     malformed_packets: int = 0
+    # Bytes of the last refused (too big) message already buffered when it was refused: never above
+    # max_message_size, however large the message would have grown.
+    too_big_held_bytes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     backoff_delays: list[float] = field(default_factory=list)
 
@@ -208,6 +259,11 @@ class Recorder:
     def close(self) -> None:
         """Flush and close the file."""
         self._file.close()
+
+
+def _malformed(reason: str, payload: str, already: int) -> MalformedPacket:
+    """A skipped payload; only the ones that will be logged keep an excerpt, so garbage costs little memory."""
+    return MalformedPacket(reason, payload[:EXCERPT_CHARS] if already < MALFORMED_LOGGED else "")
 
 
 class TradingViewClient:
@@ -265,6 +321,7 @@ class TradingViewClient:
                     delay = -1.0
                 except MessageTooBig as exc:
                     self.stats.errors["message_too_big"] += 1
+                    self.stats.too_big_held_bytes = exc.held
                     logger.warning("reconnecting: %s", exc)
                     delay = -1.0
                 except websocket.WebSocketBadStatusException as exc:
@@ -341,7 +398,7 @@ class TradingViewClient:
     def _connect_and_stream(self, stop: threading.Event, deadline: float | None) -> None:
         config = self.config
         ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
-        _limit_frame_size(ws, config.max_message_size)
+        _limit_message_size(ws, config.max_message_size)
         self._ws = ws
         ws.settimeout(config.connect_timeout)
         ws.connect(
@@ -397,20 +454,19 @@ class TradingViewClient:
                     self.on_tick()
                 next_tick = now + tick_every
 
-    def _on_message(self, data: bytes, now: float) -> None:
-        """Handle one text message: echo heartbeats, route packets, hand changed Quotes on."""
+    def _on_message(self, data: bytes | bytearray, now: float) -> None:
+        """Handle one text message: echo heartbeats, route packets, hand changed Quotes on.
+
+        ``data`` is within ``max_message_size``: :func:`_limit_message_size` refused anything bigger
+        while its frames were still arriving.
+        """
         stats = self.stats
         stats.messages += 1
-        if len(data) > self.config.max_message_size:
-            # Only reachable for a message assembled from several frames, each under the limit.
-            stats.malformed_packets += 1
-            logger.warning("skipped a %d-byte message (max_message_size %d)", len(data), self.config.max_message_size)
-            return
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             stats.malformed_packets += 1
-            logger.warning("skipped a message that is not UTF-8: %r", data[:80])
+            logger.warning("skipped a message that is not UTF-8: %r", bytes(data[:80]))
             return
         if self._recorder is not None:
             self._recorder.write(SERVER_TO_CLIENT, text)
@@ -427,10 +483,10 @@ class TradingViewClient:
                     decoded = _loads(payload)
                     params = decoded["p"]
                 except (orjson.JSONDecodeError, KeyError, TypeError):
-                    malformed.append(MalformedPacket("not_json", payload[:80]))
+                    malformed.append(_malformed("not_json", payload, len(malformed)))
                     continue
                 if type(params) is not list:
-                    malformed.append(MalformedPacket("bad_params", payload[:80]))
+                    malformed.append(_malformed("bad_params", payload, len(malformed)))
                     continue
                 state = handle_qsd(params, now)
                 if state is not None:

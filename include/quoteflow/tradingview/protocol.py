@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from typing import Any, NamedTuple
 
 import orjson
@@ -22,6 +23,13 @@ HEARTBEAT_PREFIX = "~h~"
 # Longest length prefix we believe: TradingView messages stay well under 2**24 units.
 MAX_LENGTH_DIGITS = 9
 EXCERPT_CHARS = 80
+# A hostile message (16 MiB of "~m~9~m~") holds millions of malformed packets. Only the first
+# MALFORMED_LOGGED of a message are logged one by one, then one line with the count; parsing gives
+# up on a message after MAX_MALFORMED_PER_MESSAGE of them, so its cost (time, memory) stays bounded.
+MALFORMED_LOGGED = 5
+MAX_MALFORMED_PER_MESSAGE = 1000
+TOO_MANY_MALFORMED = "too_many_malformed"
+FAST_PATH_MAX_PACKETS = 10_000
 
 # Methods a server sends (tradingview-protocol.md §6) and a client sends (§4).
 SERVER_METHODS = frozenset(
@@ -163,14 +171,19 @@ def split_packets(message: str) -> tuple[list[str], list[MalformedPacket]]:
 
     Raw message (two packets): ``~m~4~m~~h~1~m~54~m~{"m":"set_auth_token","p":["unauthorized_user_token"]}``
     → ``["~h~1", '{"m":"set_auth_token","p":["unauthorized_user_token"]}']``. A bad, overlong or
-    truncating prefix is reported as malformed and parsing resumes at the next plausible prefix.
+    truncating prefix is reported as malformed and parsing resumes at the next plausible prefix. After
+    :data:`MAX_MALFORMED_PER_MESSAGE` malformed packets the rest of the message is skipped as one more,
+    reason ``too_many_malformed``, whose excerpt starts with how many characters were left unparsed.
     """
     ascii_only = message.isascii()
     if ascii_only:
         # Fast path, exact: split on the prefix in C and accept only if every declared length matches
         # its piece. A payload that itself contains "~m~" makes its own piece shorter than declared,
         # so such messages always fall through to the careful parser below.
-        parts = message.split(PREFIX)
+        # At most FAST_PATH_MAX_PACKETS packets: a message dense with prefixes (hostile) must not become
+        # millions of little strings; it takes the careful path, which gives up after enough garbage.
+        # (Cut short, the split has 2 * FAST_PATH_MAX_PACKETS + 2 parts: even, so it fails the check below.)
+        parts = message.split(PREFIX, 2 * FAST_PATH_MAX_PACKETS + 1)
         if not parts[0] and len(parts) % 2 == 1:
             pieces = parts[2::2]
             for digits, piece in zip(parts[1::2], pieces, strict=True):
@@ -210,6 +223,10 @@ def split_packets(message: str) -> tuple[list[str], list[MalformedPacket]]:
                     payloads.append(message[start:end])
                     pos = end
                     continue
+        if len(malformed) >= MAX_MALFORMED_PER_MESSAGE:
+            rest = message[bad_from : bad_from + EXCERPT_CHARS]
+            malformed.append(MalformedPacket(TOO_MANY_MALFORMED, f"{size - bad_from} characters skipped: {rest}"))
+            break
         nxt = _RESYNC.search(message, bad_from + 1)
         stop = nxt.start() if nxt else size
         malformed.append(MalformedPacket(reason, _excerpt(message[bad_from:stop])))
@@ -264,9 +281,21 @@ def decode_message(message: str) -> DecodedMessage:
 
 
 def log_malformed(malformed: list[MalformedPacket], where: str) -> None:
-    """Log skipped packets at WARNING, one line each, with their excerpt."""
-    for item in malformed:
+    """Log one message's skipped packets at WARNING: the first :data:`MALFORMED_LOGGED` one line each with
+    their excerpt, then at most one line with how many more there were, by reason."""
+    for item in malformed[:MALFORMED_LOGGED]:
         logger.warning("skipped malformed packet from %s (%s): %r", where, item.reason, item.excerpt)
+    rest = malformed[MALFORMED_LOGGED:]
+    if rest:
+        reasons = Counter(item.reason for item in rest)
+        gave_up = next((item.excerpt for item in reversed(rest) if item.reason == TOO_MANY_MALFORMED), None)
+        logger.warning(
+            "skipped %d more malformed packet(s) from %s in the same message (%s)%s",
+            len(rest),
+            where,
+            ", ".join(f"{reason}={count}" for reason, count in sorted(reasons.items())),
+            f"; gave up on the rest of the message: {gave_up!r}" if gave_up else "",
+        )
 
 
 def frame(payload: str) -> str:
