@@ -59,11 +59,12 @@ def _responsive_gil() -> Iterator[None]:
 
 @dataclass
 class IndexSummary:
-    """What one run did: records read, indexed, dead-lettered, retries, time taken, and lag after it."""
+    """What one run did: records read, indexed, dead-lettered (``too_large`` of them cut), retries, time, lag."""
 
     read: int = 0
     indexed: int = 0
     dead_lettered: int = 0
+    too_large: int = 0
     retries: int = 0
     bulk_requests: int = 0
     elapsed_s: float = 0.0
@@ -86,6 +87,7 @@ class IndexSummary:
             total.read += int(part["read"])
             total.indexed += int(part["indexed"])
             total.dead_lettered += int(part["dead_lettered"])
+            total.too_large += int(part.get("too_large", 0))
             total.retries += int(part["retries"])
             total.bulk_requests += int(part.get("bulk_requests", 0))
             total.elapsed_s = max(total.elapsed_s, float(part["elapsed_s"]))
@@ -233,7 +235,19 @@ def index_ranges(
     started = time.monotonic()
     summary = IndexSummary(ranges=[r.to_dict() for r in parts])
     if not any(r.size for r in parts):
-        logger.info("%s: read=0 indexed=0 dead_lettered=0 retries=0 elapsed=0.00s (empty)", label)
+        # Nothing to read here, yet records may have arrived after these ranges: the lag figure still counts them.
+        consumer = make_consumer(kafka_config, group_id)
+        failing = True
+        try:
+            summary.lag_records = _lag(consumer, parts)
+            failing = False
+        finally:
+            _close(consumer, failing, "the Kafka consumer")
+        logger.info(
+            "%s: read=0 indexed=0 dead_lettered=0 retries=0 elapsed=0.00s lag=%s records (empty)",
+            label,
+            summary.lag_records,
+        )
         return summary
     consumer = make_consumer(kafka_config, group_id)
     writer = BulkWriter(es, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes, in_flight=in_flight, retry=retry)
@@ -265,6 +279,7 @@ def index_ranges(
         summary.retries = stats.retries
         summary.bulk_requests = stats.requests
         summary.dead_lettered = len(letters)
+        summary.too_large = dlq.too_large
         summary.dead_letter_reasons = reasons
         if summary.indexed + summary.dead_lettered != summary.read:
             raise RuntimeError(

@@ -44,11 +44,17 @@ def poison_values() -> list[tuple[str, bytes]]:
     ]
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], partition: int | None = None):
-    """Produce and wait; return ``[(partition, offset, key, value)]`` in send order."""
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes]],
+    partition: int | None = None,
+    config: dict[str, Any] | None = None,
+):
+    """Produce and wait; return ``[(partition, offset, key, value)]`` in send order (``config``: producer overrides)."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **(config or {})})
     delivered: dict[int, tuple[int, int]] = {}
     errors: list[Any] = []
 

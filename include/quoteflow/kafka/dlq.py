@@ -4,6 +4,14 @@ A dead letter keeps the original key and value bytes untouched; its headers say 
 from (``origin.topic``, ``origin.partition``, ``origin.offset``) and why (``error.reason``, a short
 code, and ``error.detail``). The writer is idempotent (``acks=all``) and :meth:`DeadLetterWriter.flush`
 raises unless every dead letter was acknowledged, so a window never completes with a lost one.
+
+A record near the quotes topic's size limit no longer fits once the headers are added, and the DLQ
+topic's own ``max.message.bytes`` may be smaller still. Such a letter is written with reason
+``too_large``: its value (and a huge key) cut to an excerpt, the original sizes and reason in
+``error.original_size``, ``error.original_key_size`` and ``error.original_reason``; the full record
+stays readable at its origin while the quotes topic retains it. The writer reads the DLQ topic's
+limit before its first letter, and should the broker still refuse one as too large (the limit
+changed, or could not be read), it re-sends that letter cut to half the size.
 """
 
 from __future__ import annotations
@@ -11,12 +19,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 DETAIL_MAX_CHARS = 1000
 FLUSH_TIMEOUT_S = 30.0
+TOO_LARGE = "too_large"
+# What a too_large letter keeps: an excerpt to recognise the record by, not a copy (its origin has that).
+TOO_LARGE_VALUE_BYTES = 64 * 1024
+TOO_LARGE_KEY_BYTES = 1024
+# librdkafka's own default message.max.bytes: the limit assumed when the DLQ topic's cannot be read.
+FALLBACK_MAX_MESSAGE_BYTES = 1_000_000
+# librdkafka checks each message against message.max.bytes with its own worst-case framing estimate.
+CLIENT_FRAMING_SLACK = 1024
+# Re-sends of a letter the broker still refused as too large, each at half the size.
+MAX_SHRINKS = 6
+MIN_LIMIT_BYTES = 1024
+# A Kafka v2 record batch header: base offset, length, epoch, magic, crc, attributes, deltas, ids, count.
+BATCH_HEADER_BYTES = 61
+
+Headers = list[tuple[str, bytes | None]]
 
 
 class DeadLetterError(RuntimeError):
@@ -36,18 +60,28 @@ class DeadLetter:
     value: bytes | None
     dlq_partition: int
     dlq_offset: int
+    original_size: int | None = None
+    original_reason: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        """True for a ``too_large`` letter: its value is an excerpt, not the original bytes."""
+        return self.original_size is not None
 
     def summary(self) -> dict[str, Any]:
         """Plain dict for listings (value shortened)."""
         value = self.value or b""
-        return {
+        out: dict[str, Any] = {
             "origin": f"{self.origin_topic}-{self.origin_partition}-{self.origin_offset}",
             "reason": self.reason,
             "detail": self.detail,
-            "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
+            "key": self.key[:120].decode("utf-8", "replace") if self.key is not None else None,
             "value_excerpt": value[:120].decode("utf-8", "replace"),
             "dlq": f"{self.dlq_partition}:{self.dlq_offset}",
         }
+        if self.truncated:
+            out.update(original_size=self.original_size, original_reason=self.original_reason)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +106,148 @@ def producer_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class DeadLetterWriter:
-    """Writes dead letters to ``topic``; create lazily, call :meth:`flush` before declaring a window done."""
+def _varint_bytes(n: int) -> int:
+    zigzag = (n << 1) ^ (n >> 63)
+    size = 1
+    while zigzag >= 0x80:
+        zigzag >>= 7
+        size += 1
+    return size
 
-    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+
+def _field_bytes(data: bytes | None) -> int:
+    return _varint_bytes(-1) if data is None else _varint_bytes(len(data)) + len(data)
+
+
+def record_batch_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """The size of an uncompressed one-record v2 batch: what the broker compares with ``max.message.bytes``."""
+    body = 3  # attributes, timestamp delta 0, offset delta 0
+    body += _field_bytes(key) + _field_bytes(value) + _varint_bytes(len(headers))
+    for name, data in headers:
+        body += _field_bytes(name.encode()) + _field_bytes(data)
+    return BATCH_HEADER_BYTES + _varint_bytes(body) + body
+
+
+def _origin_headers(letter: DeadLetterDraft) -> Headers:
+    return [
+        ("origin.topic", letter.topic.encode()),
+        ("origin.partition", str(letter.partition).encode()),
+        ("origin.offset", str(letter.offset).encode()),
+    ]
+
+
+def _detail(text: str) -> bytes:
+    return text[:DETAIL_MAX_CHARS].encode("utf-8", "replace")
+
+
+def fit_letter(letter: DeadLetterDraft, limit: int) -> tuple[bytes | None, bytes | None, Headers]:
+    """Key, value and headers as written: whole if they fit in ``limit`` bytes, else a ``too_large`` excerpt."""
+    headers = _origin_headers(letter) + [
+        ("error.reason", letter.reason.encode()),
+        ("error.detail", _detail(letter.detail)),
+    ]
+    size = record_batch_bytes(letter.key, letter.value, headers)
+    if size <= limit:
+        return letter.key, letter.value, headers
+    key, value = letter.key, letter.value
+    key_size, value_size = len(key or b""), len(value or b"")
+    key = key[:TOO_LARGE_KEY_BYTES] if key is not None else None
+    value = value[:TOO_LARGE_VALUE_BYTES] if value is not None else None
+    detail = (
+        f"dead letter of {size} bytes exceeds the DLQ topic's max.message.bytes ({limit}): value of {value_size} "
+        f"bytes and key of {key_size} bytes cut to an excerpt; the whole record is at its origin "
+        f"{letter.topic}[{letter.partition}]@{letter.offset} while retained. "
+        f"Original reason {letter.reason}: {letter.detail}"
+    )
+    for _ in range(3):  # cut the value, then the key, then the detail: the origin and reason always stay
+        headers = _origin_headers(letter) + [
+            ("error.reason", TOO_LARGE.encode()),
+            ("error.detail", _detail(detail)),
+            ("error.original_reason", letter.reason.encode()),
+            ("error.original_size", str(value_size).encode()),
+            ("error.original_key_size", str(key_size).encode()),
+        ]
+        over = record_batch_bytes(key, value, headers) - limit
+        while over > 0 and value:
+            value = value[: max(0, len(value) - over)]
+            over = record_batch_bytes(key, value, headers) - limit
+        while over > 0 and key:
+            key = key[: max(0, len(key) - over)]
+            over = record_batch_bytes(key, value, headers) - limit
+        if over <= 0:
+            return key, value, headers
+        detail = detail[: max(0, len(detail) - over - 16)]
+    raise DeadLetterError(
+        f"a dead letter's origin and reason headers alone exceed {limit} bytes; raise the DLQ topic's "
+        "max.message.bytes (kafka-configs --alter --entity-type topics --add-config max.message.bytes=1048588)"
+    )
+
+
+class DeadLetterWriter:
+    """Writes dead letters to ``topic``; create lazily, call :meth:`flush` before declaring a window done.
+
+    ``max_message_bytes`` is the DLQ topic's size limit; by default it is read from the topic's config
+    before the first letter (the connection's own ``message.max.bytes``, if set, caps it).
+    """
+
+    def __init__(self, config: Mapping[str, Any], topic: str, *, max_message_bytes: int | None = None) -> None:
         if not topic:
             raise ValueError("dead-letter topic name is empty")
+        if max_message_bytes is not None and max_message_bytes < MIN_LIMIT_BYTES:
+            raise ValueError(f"max_message_bytes must be >= {MIN_LIMIT_BYTES}, got {max_message_bytes}")
+        self._source_config = dict(config)
         self._config = producer_config(config)
         self.topic = topic
+        self.limit = max_message_bytes
         self._producer: Any = None
         self._failures: list[str] = []
+        self._oversized: list[tuple[DeadLetterDraft, int]] = []
         self.sent = 0
+        self.too_large = 0
+
+    def _topic_limit(self) -> int:
+        from confluent_kafka import KafkaException
+
+        from include.quoteflow.kafka.admin import admin_client, describe_topic_config
+
+        try:
+            value = describe_topic_config(admin_client(self._source_config), self.topic).get("max.message.bytes")
+            limit = int(value) if value else FALLBACK_MAX_MESSAGE_BYTES
+        except (KafkaException, ValueError) as exc:
+            logger.warning(
+                "could not read max.message.bytes of %s (%s); assuming %s bytes, letters the broker still refuses "
+                "are re-sent smaller",
+                self.topic,
+                exc,
+                FALLBACK_MAX_MESSAGE_BYTES,
+            )
+            limit = FALLBACK_MAX_MESSAGE_BYTES
+        configured = self._config.get("message.max.bytes")
+        return min(limit, int(configured)) if configured else limit
 
     def _client(self) -> Any:
         if self._producer is None:
             from confluent_kafka import Producer
 
-            self._producer = Producer(self._config)
+            if self.limit is None:
+                self.limit = max(MIN_LIMIT_BYTES, self._topic_limit())
+            # A batch of several letters must fit the topic's limit too, and the client must accept one that large.
+            config = {
+                **self._config,
+                "message.max.bytes": self.limit + CLIENT_FRAMING_SLACK,
+                "batch.size": self.limit,
+            }
+            self._producer = Producer(config)
         return self._producer
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
+    def _on_delivery(self, letter: DeadLetterDraft, limit: int, err: Any, msg: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        if err is None:
+            return
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and limit > MIN_LIMIT_BYTES:
+            self._oversized.append((letter, limit))
+        else:
             self._failures.append(str(err))
 
     def send(
@@ -106,31 +261,63 @@ class DeadLetterWriter:
         reason: str,
         detail: str,
     ) -> None:
-        """Queue one dead letter (original bytes plus origin and reason headers)."""
-        headers = [
-            ("origin.topic", origin_topic.encode()),
-            ("origin.partition", str(origin_partition).encode()),
-            ("origin.offset", str(origin_offset).encode()),
-            ("error.reason", reason.encode()),
-            ("error.detail", detail[:DETAIL_MAX_CHARS].encode("utf-8", "replace")),
-        ]
+        """Queue one dead letter (original bytes plus origin and reason headers; a ``too_large`` excerpt if need be)."""
         producer = self._client()
-        while True:
+        assert self.limit is not None
+        self._produce(
+            producer,
+            DeadLetterDraft(key, value, origin_topic, origin_partition, origin_offset, reason, detail, 0),
+            self.limit,
+        )
+        self.sent += 1
+
+    def _produce(self, producer: Any, letter: DeadLetterDraft, limit: int) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        while True:  # ends: the limit halves down to MIN_LIMIT_BYTES, then a refusal is raised
+            key, value, headers = fit_letter(letter, limit)
             try:
-                producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
-                break
+                producer.produce(
+                    self.topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=partial(self._on_delivery, letter, limit),
+                )
             except BufferError:
                 producer.poll(0.5)  # local queue full: serve callbacks, then try again
-        producer.poll(0)
-        self.sent += 1
+                continue
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or limit <= MIN_LIMIT_BYTES:
+                    raise
+                limit = max(MIN_LIMIT_BYTES, limit // 2)  # the client refused it locally: cut it further
+                continue
+            if any(name == "error.original_size" for name, _ in headers):
+                self.too_large += 1
+            producer.poll(0)
+            return
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Wait until every dead letter is acknowledged; raise :class:`DeadLetterError` otherwise."""
         if self._producer is None:
             return
-        remaining = self._producer.flush(timeout_s)
-        if remaining:
-            raise DeadLetterError(f"{remaining} dead letter(s) to {self.topic!r} not delivered within {timeout_s}s")
+        for _ in range(MAX_SHRINKS + 1):
+            remaining = self._producer.flush(timeout_s)
+            if remaining:
+                raise DeadLetterError(f"{remaining} dead letter(s) to {self.topic!r} not delivered within {timeout_s}s")
+            if not self._oversized:
+                break
+            refused, self._oversized = self._oversized, []
+            logger.warning(
+                "%s dead letter(s) refused by %s as too large; re-sending them cut to %s bytes",
+                len(refused),
+                self.topic,
+                refused[0][1] // 2,
+            )
+            for letter, limit in refused:
+                self._produce(self._producer, letter, max(MIN_LIMIT_BYTES, limit // 2))
+        if self._oversized:
+            self._failures.append(f"still too large for {self.topic!r} after {MAX_SHRINKS} cuts")
         if self._failures:
             raise DeadLetterError(
                 f"{len(self._failures)} dead letter(s) to {self.topic!r} failed, first: {self._failures[0]}"
@@ -164,6 +351,8 @@ def to_dead_letter(msg: Any) -> DeadLetter:
         value=msg.value(),
         dlq_partition=msg.partition(),
         dlq_offset=msg.offset(),
+        original_size=size if (size := as_int(_header(headers, "error.original_size"))) >= 0 else None,
+        original_reason=_header(headers, "error.original_reason"),
     )
 
 
@@ -238,6 +427,7 @@ def replay_dead_letters(
 
     Each origin is replayed once even if it was dead-lettered several times (window re-runs); the
     replay group's offsets are committed only after every replayed record was acknowledged.
+    ``too_large`` letters hold an excerpt, not the record: they are counted as ``unreplayable``.
     """
     from confluent_kafka import Producer, TopicPartition
 
@@ -246,6 +436,7 @@ def replay_dead_letters(
     consumer = make_consumer(config, group_id)
     failures: list[str] = []
     replayed = skipped = 0
+    unreplayable: list[str] = []
     try:
         parts = topic_partitions(consumer, dlq_topic)
         committed = {
@@ -270,6 +461,9 @@ def replay_dead_letters(
                     skipped += 1
                     continue
                 seen.add(origin)
+                if letter.truncated:  # an excerpt: replaying it would only dead-letter it again
+                    unreplayable.append("-".join(map(str, origin)))
+                    continue
                 headers: list[tuple[str, str | bytes | None]] = [("replay.origin", "-".join(map(str, origin)).encode())]
                 producer.produce(
                     target_topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
@@ -284,4 +478,11 @@ def replay_dead_letters(
     finally:
         consumer.close()
     logger.info("replayed %s dead letter(s) from %s into %s (%s skipped)", replayed, dlq_topic, target_topic, skipped)
-    return {"replayed": replayed, "skipped": skipped, "target": target_topic}
+    if unreplayable:
+        logger.warning(
+            "%s too_large dead letter(s) hold only an excerpt and were not replayed; re-index them from their "
+            "origin with backfill once the cause is fixed: %s",
+            len(unreplayable),
+            ", ".join(unreplayable[:20]),
+        )
+    return {"replayed": replayed, "skipped": skipped, "unreplayable": len(unreplayable), "target": target_topic}
