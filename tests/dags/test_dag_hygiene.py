@@ -21,11 +21,14 @@ from typing import Any
 
 import pytest
 
+from scripts.procs import _decode_address, socket_inodes
+
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 DAG_FILES = sorted(p for p in DAGS.glob("*.py") if not p.name.startswith("_"))
 
-# librdkafka connects from its own threads shortly after a client is constructed: wait this long for it.
-CONNECT_WAIT_S = 1.0
+# librdkafka connects from its own threads after a client is constructed, at once or on its next 1 s
+# timer tick (measured here: 0.01-1.03 s); wait long enough for two ticks under load.
+CONNECT_WAIT_S = 2.5
 TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT"}
 # Every way a DAG file could read a Connection or Variable: (module, class or None, attribute).
 LOOKUPS = (
@@ -57,26 +60,9 @@ def test_dag_folder_has_no_import_errors(dagbag) -> None:
 # ---------------------------------------------------------------- the parse checker
 
 
-def _address(hex_address: str) -> str:
-    """``0100007F:2384`` (or the 32-digit IPv6 form) from /proc/net/tcp* → ``127.0.0.1:9092``."""
-    host, port = hex_address.split(":")
-    raw = bytes.fromhex(host)
-    # The kernel prints each 32-bit word in host (little-endian) order.
-    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    family = socket.AF_INET if len(packed) == 4 else socket.AF_INET6
-    return f"{socket.inet_ntop(family, packed)}:{int(port, 16)}"
-
-
 def tcp_connections() -> dict[int, str]:
     """This process's TCP connections that are established or being opened: socket inode → ``state remote``."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # closed between listdir and readlink
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[len("socket:[") : -1]))
+    mine = socket_inodes(os.getpid())
     found = {}
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         try:
@@ -86,8 +72,9 @@ def tcp_connections() -> dict[int, str]:
         for row in rows:
             fields = row.split()
             state, inode = fields[3], int(fields[9])
-            if inode in inodes and state in TCP_STATES:
-                found[inode] = f"{TCP_STATES[state]} {_address(fields[2])}"
+            if inode in mine and state in TCP_STATES:
+                host, port = fields[2].split(":")
+                found[inode] = f"{TCP_STATES[state]} {_decode_address(host)}:{int(port, 16)}"
     return found
 
 
