@@ -123,11 +123,54 @@ def elasticsearch_url(info: ConnectionInfo) -> str:
 
 
 def elasticsearch_client_args(info: ConnectionInfo) -> dict[str, Any]:
-    """Keyword arguments for ``elasticsearch.Elasticsearch`` from a connection."""
-    args: dict[str, Any] = {"hosts": [elasticsearch_url(info)]}
+    """Keyword arguments for ``elasticsearch.Elasticsearch`` from a connection, checked before any request.
+
+    Supports ``https`` with ``extra.ca_certs`` (a PEM file) and ``extra.verify_certs``, basic auth from
+    ``login``/``password`` or ``extra.api_key`` (the encoded key, or ``[id, key]``), and
+    ``extra.request_timeout``. The client's node class turns an unverifiable certificate or an HTTP 401
+    into an :class:`~include.quoteflow.elastic.connect.ElasticsearchAccessError` naming this connection.
+    """
+    from include.quoteflow.elastic.connect import node_class
+
+    url = elasticsearch_url(info)
+    where = f"connection {info.conn_id!r}"
+    args: dict[str, Any] = {"hosts": [url]}
+    extra = info.extra
+    api_key = extra.get("api_key")
+    credentials = "no credentials"
     if info.login and info.password:
+        if api_key:
+            raise ConfigError(f"{where} has both login/password and extra.api_key; keep one of them")
         args["basic_auth"] = (info.login, info.password)
-    for key in ("api_key", "verify_certs", "ca_certs", "request_timeout"):
-        if key in info.extra:
-            args[key] = info.extra[key]
+        credentials = f"basic auth as user {info.login!r}"
+    if api_key:
+        if isinstance(api_key, list | tuple) and len(api_key) == 2:
+            api_key = (str(api_key[0]), str(api_key[1]))
+        elif not isinstance(api_key, str):
+            raise ConfigError(f"{where}: extra.api_key must be the encoded key (a string) or [id, key]")
+        args["api_key"] = api_key
+        credentials = "extra.api_key"
+    tls_keys = [key for key in ("verify_certs", "ca_certs") if key in extra]
+    if tls_keys and not url.startswith("https://"):
+        raise ConfigError(
+            f"{where} sets extra.{' and extra.'.join(tls_keys)} but its URL {url} is not https; set schema https"
+        )
+    if "verify_certs" in extra:
+        verify = extra["verify_certs"]
+        if isinstance(verify, str) and verify.lower() in ("true", "false"):
+            verify = verify.lower() == "true"
+        if not isinstance(verify, bool):
+            raise ConfigError(f"{where}: extra.verify_certs must be true or false, not {verify!r}")
+        args["verify_certs"] = verify
+    ca_certs = extra.get("ca_certs")
+    if ca_certs is not None:
+        if not isinstance(ca_certs, str) or not os.path.isfile(ca_certs) or not os.access(ca_certs, os.R_OK):
+            raise ConfigError(
+                f"{where}: extra.ca_certs {ca_certs!r} is not a readable file; set it to the PEM file of the CA "
+                "that signed the server's certificate"
+            )
+        args["ca_certs"] = ca_certs
+    if "request_timeout" in extra:
+        args["request_timeout"] = extra["request_timeout"]
+    args["node_class"] = node_class(info.conn_id, url, credentials, ca_certs)
     return args
