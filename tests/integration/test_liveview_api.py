@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,10 +20,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from include.quoteflow.elastic.documents import build_document, index_name
 from include.quoteflow.elastic.template import quote_mappings
 from include.quoteflow.quotes import Quote, format_timestamp, split_symbol
+from tests.integration import liveview_auth_manager as auth_manager
 
 SOL, BTC = "BINANCE:SOLUSDT", "BINANCE:BTCUSDT"
 SOL_RECORDS, SOL_INDEXED, BTC_RECORDS = 10, 7, 4
 ROUTES = ["/", "/static/app.js", "/api/symbols", f"/api/chart?symbol={SOL}", "/api/latest", "/api/health"]
+API_ROUTES = ["/api/symbols", f"/api/chart?symbol={SOL}", "/api/latest", "/api/health"]
+# FastAPI's self-description: nobody needs it, and it would answer without any credential.
+SCHEMA_ROUTES = ["/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"]
+USERS = {"admin": "admin", "reader": "viewer", **{user: "viewer" for user in auth_manager.DENIED_DAG}}
 
 
 def _quote(symbol: str, price: float, received_s: float) -> Quote:
@@ -52,17 +58,30 @@ def _quote(symbol: str, price: float, received_s: float) -> Quote:
 
 @pytest.fixture(scope="module")
 def client(airflow_db: Path):
-    """A TestClient on Airflow's API server app (plugins loaded from plugins/), and a valid Bearer token."""
+    """A TestClient on Airflow's API server app (plugins loaded from plugins/), and a valid Bearer token (admin).
+
+    The app's auth manager is SimpleAuthManager with users who may not read one of the pipeline's DAGs
+    (tests/integration/liveview_auth_manager.py), and a viewer-role ``reader``.
+    """
     from airflow.api_fastapi.app import create_app
     from starlette.testclient import TestClient
 
-    # An API server needs a JWT signing key; `airflow standalone` writes one, a bare create_app() does not.
-    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex + uuid.uuid4().hex)
-    with TestClient(create_app()) as test_client:
-        passwords = json.loads((airflow_db / "simple_auth_manager_passwords.json.generated").read_text())
-        resp = test_client.post("/auth/token", json={"username": "admin", "password": passwords["admin"]})
-        assert resp.status_code == 201, resp.text
-        yield test_client, resp.json()["access_token"]
+    with pytest.MonkeyPatch.context() as env:
+        # An API server needs a JWT signing key; `airflow standalone` writes one, a bare create_app() does not.
+        if "AIRFLOW__API_AUTH__JWT_SECRET" not in os.environ:
+            env.setenv("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex + uuid.uuid4().hex)
+        env.setenv("AIRFLOW__CORE__AUTH_MANAGER", auth_manager.CLASS_PATH)
+        env.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", ",".join(f"{u}:{r}" for u, r in USERS.items()))
+        with TestClient(create_app()) as test_client:
+            yield test_client, _login(test_client, airflow_db, "admin")
+
+
+def _login(test_client, airflow_db: Path, username: str) -> str:
+    """An access token from Airflow's own login endpoint."""
+    passwords = json.loads((airflow_db / "simple_auth_manager_passwords.json.generated").read_text())
+    resp = test_client.post("/auth/token", json={"username": username, "password": passwords[username]})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["access_token"]
 
 
 @pytest.fixture
@@ -127,13 +146,82 @@ def pipeline_data(kafka_bootstrap, make_topic, es_client, fresh_index_prefix, mo
 
 
 def test_every_route_refuses_a_caller_without_a_token(client) -> None:
-    test_client, _ = client
+    test_client, token = client
     test_client.cookies.clear()
     for route in ROUTES:
         resp = test_client.get(f"/quotes-view{route}")
         assert resp.status_code == 401, f"{route} answered {resp.status_code} without credentials"
+        assert resp.headers.get("www-authenticate") == "Bearer", route
         resp = test_client.get(f"/quotes-view{route}", headers={"Authorization": "Bearer not-a-jwt"})
-        assert resp.status_code in (401, 403), f"{route} answered {resp.status_code} to a forged token"
+        assert resp.status_code == 401, f"{route} answered {resp.status_code} to a token that is not a JWT"
+    for route in SCHEMA_ROUTES:
+        for headers in ({}, {"Authorization": f"Bearer {token}"}):
+            resp = test_client.get(f"/quotes-view{route}", headers=headers)
+            assert resp.status_code == 404, f"{route} answered {resp.status_code} {resp.text[:80]!r} ({headers})"
+
+
+def _forged_tokens(token: str) -> dict[str, str]:
+    """Variants of a real admin token, each wrong in exactly one way, built with PyJWT and Airflow's own config."""
+    import jwt
+    from airflow.configuration import conf
+
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    secret = conf.get("api_auth", "jwt_secret")
+    now = int(time.time())
+
+    def sign(payload: dict, key: str = secret) -> str:
+        return jwt.encode(payload, key, algorithm=header["alg"], headers={"kid": header.get("kid")})
+
+    return {
+        "re-signed unchanged (control)": sign(claims),
+        "signed with the wrong key": sign(claims, uuid.uuid4().hex * 2),
+        "expired": sign(claims | {"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}),
+        "with the task audience": sign(claims | {"aud": conf.get("execution_api", "jwt_audience")}),
+    }
+
+
+def test_forged_tokens_are_answered_401_by_header_and_by_cookie(client, pipeline_data) -> None:
+    test_client, token = client
+    forged = _forged_tokens(token)
+    control = forged.pop("re-signed unchanged (control)")
+    test_client.cookies.clear()
+    # The control proves the forgeries are well-formed: the same claims and key are accepted.
+    resp = test_client.get("/quotes-view/api/symbols", headers={"Authorization": f"Bearer {control}"})
+    assert resp.status_code == 200, resp.text
+    for what, bad in forged.items():
+        for route in ROUTES:
+            resp = test_client.get(f"/quotes-view{route}", headers={"Authorization": f"Bearer {bad}"})
+            assert resp.status_code == 401, f"{route}: a token {what} got {resp.status_code} {resp.text[:120]}"
+            test_client.cookies.set("_token", bad)
+            try:
+                resp = test_client.get(f"/quotes-view{route}")
+            finally:
+                test_client.cookies.clear()
+            assert resp.status_code == 401, f"{route}: a _token cookie {what} got {resp.status_code} {resp.text[:120]}"
+
+
+def test_a_signed_in_user_without_read_access_to_a_pipeline_dag_is_refused_403(client, airflow_db, pipeline_data):
+    test_client, _ = client
+    test_client.cookies.clear()
+    for user, dag_id in auth_manager.DENIED_DAG.items():
+        token = _login(test_client, airflow_db, user)
+        # Signed in: Airflow's own API answers this user.
+        assert test_client.get("/api/v2/version", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        for route in ROUTES:
+            resp = test_client.get(f"/quotes-view{route}", headers={"Authorization": f"Bearer {token}"})
+            assert resp.status_code == 403, f"{user} got {resp.status_code} from {route}"
+            assert dag_id in resp.json()["detail"], resp.text
+        test_client.cookies.set("_token", token)
+        try:
+            assert test_client.get("/quotes-view/api/health").status_code == 403
+        finally:
+            test_client.cookies.clear()
+    # A viewer, who may read both DAGs, sees everything.
+    token = _login(test_client, airflow_db, "reader")
+    for route in ROUTES:
+        resp = test_client.get(f"/quotes-view{route}", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 200, f"reader got {resp.status_code} from {route}: {resp.text[:200]}"
 
 
 def test_every_route_answers_an_authenticated_user_by_header_and_by_the_ui_cookie(client, pipeline_data) -> None:
@@ -272,3 +360,66 @@ def test_bad_range_is_a_422_naming_the_format(client, pipeline_data) -> None:
         f"/quotes-view/api/chart?symbol={SOL}&range=soon", headers={"Authorization": f"Bearer {token}"}
     )
     assert resp.status_code == 422 and "15m" in resp.json()["detail"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable(monkeypatch):
+    """Point one connection at a loopback port nobody listens on; close the view made for it afterwards."""
+    port = _closed_port()
+
+    def point(conn_id: str) -> int:
+        if conn_id == "kafka_default":
+            conn = {"conn_type": "kafka", "extra": {"bootstrap.servers": f"127.0.0.1:{port}"}}
+        else:
+            conn = {"conn_type": "elasticsearch", "host": "127.0.0.1", "port": port, "schema": "http"}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return port
+
+    yield point
+    views = sys.modules["quotes_view_plugin"]._views  # the plugin as Airflow's plugin manager loaded it
+    for key in [k for k in views if f":{port}" in k[0] + k[1]]:
+        views.pop(key).close()
+
+
+def _timed_get(test_client, path: str, token: str):
+    started = time.monotonic()
+    resp = test_client.get(path, headers={"Authorization": f"Bearer {token}"})
+    return resp, time.monotonic() - started
+
+
+def test_elasticsearch_unreachable_is_a_503_naming_it(client, pipeline_data, unreachable) -> None:
+    test_client, token = client
+    port = unreachable("elasticsearch_default")
+    for route in API_ROUTES:
+        resp, took = _timed_get(test_client, f"/quotes-view{route}", token)
+        assert resp.status_code == 503, f"{route}: {resp.status_code} {resp.text[:200]}"
+        detail = resp.json()["detail"]
+        assert f"Elasticsearch at http://127.0.0.1:{port} did not answer" in detail, detail
+        assert int(resp.headers["retry-after"]) >= 1 and took < 3, (route, took, resp.headers)
+
+
+def test_kafka_unreachable_is_a_503_for_health_and_flagged_next_to_the_indexed_data(
+    client, pipeline_data, unreachable
+) -> None:
+    test_client, token = client
+    port = unreachable("kafka_default")
+    resp, took = _timed_get(test_client, "/quotes-view/api/health", token)
+    assert resp.status_code == 503, resp.text
+    assert f"Kafka at 127.0.0.1:{port} did not answer" in resp.json()["detail"] and took < 3, (took, resp.text)
+    # Chart and latest still show what Elasticsearch has, and say that Kafka is missing.
+    resp, took = _timed_get(test_client, f"/quotes-view/api/latest?symbol={SOL}", token)
+    assert resp.status_code == 200 and took < 3, (took, resp.text)
+    sol = resp.json()["latest"][SOL]
+    assert sol["from"] == "elasticsearch" and sol["quote"]["offset"] == pipeline_data["sol"][SOL_INDEXED - 1]["offset"]
+    assert f"Kafka at 127.0.0.1:{port}" in sol["kafka_error"], sol
+    resp, took = _timed_get(test_client, f"/quotes-view/api/chart?symbol={SOL}", token)
+    assert resp.status_code == 200 and took < 3 and f"Kafka at 127.0.0.1:{port}" in resp.json()["kafka_error"]
+    assert resp.json()["indexed_points"] == len(resp.json()["t"]) > 0
