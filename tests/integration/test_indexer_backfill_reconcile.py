@@ -11,6 +11,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from include.quoteflow.backfill import backfill
@@ -234,3 +235,176 @@ def test_records_lost_to_retention_are_refused_by_backfill_and_flagged_by_window
     assert [r["start"] for g in groups for r in g if r["partition"] == 0] == [100]
     assert "deleted by retention" in caplog.text and f"{topic}[0]" in caplog.text
     assert f"{topic}[1]" not in caplog.text
+
+
+def test_reconcile_until_high_finds_and_repairs_records_after_the_last_committed_window(loaded) -> None:
+    es, prefix, topic = loaded["es"], loaded["prefix"], loaded["topic"]
+    ends = committed(loaded["bootstrap"], topic, loaded["group"], 2)
+    later = produce(loaded["bootstrap"], topic, [quote_value(2000 + i) for i in range(30)])  # no window ran yet
+    highs = {p: max([o for q, o, _, _ in loaded["delivered"] + later if q == p]) + 1 for p in (0, 1)}
+    assert all(highs[p] > ends[p] for p in (0, 1))
+
+    up_to_committed = _cli(loaded, "reconcile")
+    assert up_to_committed.returncode == 0 and _summary(up_to_committed)["missing"] == 0
+    found = _cli(loaded, "reconcile", "--until", "high")
+    assert found.returncode == 1
+    report = _summary(found)
+    assert report["missing"] == 30
+    assert [(h["partition"], h["start"], h["end"]) for h in report["holes"]] == [(p, ends[p], highs[p]) for p in (0, 1)]
+
+    repaired = _cli(loaded, "reconcile", "--until", "high", "--repair")
+    assert repaired.returncode == 0, repaired.stderr[-800:]
+    assert (_summary(repaired)["repaired"], _summary(repaired)["missing_after_repair"]) == (30, 0)
+    docs = es_sources(es, prefix)
+    assert len(docs) == 1030
+    for partition, offset, _key, value in later:
+        assert docs[f"{topic}-{partition}-{offset}"]["price"] == orjson.loads(value)["price"]
+    # The repair went through the backfill group: the live group's offsets did not move.
+    assert committed(loaded["bootstrap"], topic, loaded["group"], 2) == ends
+
+
+def test_dlq_list_and_replay_by_reason_replay_only_that_reason_and_index_it_once(
+    kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix
+) -> None:
+    from include.quoteflow.elastic.template import index_template, quote_mappings
+    from include.quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, watermarks
+
+    ensure_template(es_client)
+    # A broken mapping for this test's indices only (currency as a number): every quote is refused as `mapping`.
+    broken = f"test-broken-{uuid.uuid4().hex[:8]}"
+    body = index_template([f"{fresh_index_prefix}*"])
+    body["template"]["mappings"] = quote_mappings()
+    body["template"]["mappings"]["properties"]["currency"] = {"type": "long"}
+    es_client.indices.put_index_template(name=broken, **{**body, "priority": 500})
+    topic, dlq = make_topic(partitions=1, config=LOG_APPEND), make_topic(partitions=1)
+    env = {"cfg": {"bootstrap.servers": kafka_bootstrap}, "es_url": es_url, "topic": topic, "dlq": dlq,
+           "prefix": fresh_index_prefix, "group": f"g-{topic}"}  # fmt: skip
+    try:
+        start = datetime.now(UTC)
+        time.sleep(0.05)
+        quotes = [quote_value(i) for i in range(6)]
+        poison = [(b"BINANCE:SOLUSDT", v) for _, v in poison_values()[:2]]  # invalid_json, schema
+        first = produce(kafka_bootstrap, topic, quotes + poison)
+        time.sleep(0.05)
+        summary = index_window(env["cfg"], es_client, start, datetime.now(UTC), **_kw(env))
+        assert summary.dead_letter_reasons == {"mapping": 6, "invalid_json": 1, "schema": 1}
+
+        listed = _summary(_cli(env, "dlq", "list", "--reason", "mapping"))
+        assert (listed["dead_letters"], listed["by_reason"]) == (6, {"mapping": 6})
+        assert {s["reason"] for s in listed["shown"]} == {"mapping"}
+        schema_only = _summary(_cli(env, "dlq", "list", "--reason", "schema"))
+        assert (schema_only["dead_letters"], schema_only["by_reason"]) == (1, {"schema": 1})
+    finally:
+        es_client.indices.delete_index_template(name=broken)  # the cause is fixed
+    es_client.options(ignore_status=404).indices.delete(index=f"{fresh_index_prefix}*")  # empty, wrong mapping
+
+    before = first[-1][1] + 1
+    start = datetime.now(UTC)
+    time.sleep(0.05)
+    replayed = _summary(_cli(env, "dlq", "replay", "--reason", "mapping"))
+    assert (replayed["replayed"], replayed["skipped"]) == (6, 2)
+    time.sleep(0.05)
+    end = datetime.now(UTC)
+
+    # Read the replayed records back from the quotes topic: exactly the six quotes, each once, unchanged.
+    consumer = make_consumer(env["cfg"], "test-replay-reader")
+    try:
+        high = watermarks(consumer, topic, 0)[1]
+        back = [m for batch in read_ranges(consumer, [PartitionRange(topic, 0, before, high)]) for m in batch]
+    finally:
+        consumer.close()
+    origin_of = {value: f"{topic}-0-{offset}" for _, offset, _, value in first}
+    assert sorted(m.value() for m in back) == sorted(v for _, v in quotes)
+    assert all(dict(m.headers())["replay.origin"].decode() == origin_of[m.value()] for m in back)
+
+    for _ in range(2):  # the window that holds them, run twice: each replayed quote is indexed exactly once
+        again = index_window(env["cfg"], es_client, start, end, **_kw(env))
+        assert (again.read, again.indexed, again.dead_lettered) == (6, 6, 0)
+    docs = es_sources(es_client, fresh_index_prefix)
+    assert set(docs) == {f"{topic}-0-{m.offset()}" for m in back}
+    assert sorted(d["price"] for d in docs.values()) == sorted(orjson.loads(v)["price"] for _, v in quotes)
+
+    assert _summary(_cli(env, "dlq", "replay", "--reason", "mapping"))["replayed"] == 0  # nothing twice
+    # Replaying one reason left the others pending: the schema letter is still there to replay, then done.
+    assert _summary(_cli(env, "dlq", "replay", "--reason", "schema"))["replayed"] == 1
+    rest = _summary(_cli(env, "dlq", "replay"))
+    assert rest["replayed"] == 1  # only invalid_json was never replayed
+    assert _summary(_cli(env, "dlq", "replay"))["replayed"] == 0
+
+
+def test_setup_repairs_planted_topic_config_drift_and_then_changes_nothing(
+    kafka_bootstrap, kafka_admin, es_url
+) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from include.quoteflow.kafka.admin import describe_topic_config
+
+    topic = f"test.drift.{uuid.uuid4().hex[:8]}"
+    dlq = f"{topic}.dlq"
+    env = {"cfg": {"bootstrap.servers": kafka_bootstrap}, "es_url": es_url, "topic": topic, "dlq": dlq,
+           "prefix": "quotes-unused-", "group": "g"}  # fmt: skip
+    args = ("setup", "--partitions", "2", "--retention-hours", "5", "--dlq-retention-days", "2")
+    try:
+        assert _summary(_cli(env, *args))["topics"][dlq]["created"] is True
+        wanted = {name: describe_topic_config(kafka_admin, name) for name in (topic, dlq)}
+        assert wanted[dlq]["retention.ms"] == str(2 * 24 * 3600 * 1000)
+        drift = {
+            dlq: {"retention.ms": "60000", "cleanup.policy": "compact"},
+            topic: {"message.timestamp.type": "CreateTime", "retention.ms": "1000"},
+        }
+        for name, entries in drift.items():
+            resource = ConfigResource("topic", name, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in entries.items()
+            ])  # fmt: skip
+            kafka_admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+        assert describe_topic_config(kafka_admin, dlq)["retention.ms"] == "60000"
+
+        repaired = _cli(env, *args)
+        assert repaired.returncode == 0, repaired.stderr[-800:]
+        report = _summary(repaired)
+        assert report["changed"] is True
+        assert report["topics"][dlq]["changes"] == [
+            "cleanup.policy: 'compact' -> 'delete'",
+            f"retention.ms: '60000' -> '{2 * 24 * 3600 * 1000}'",
+        ]
+        assert report["topics"][topic]["changes"] == [
+            "message.timestamp.type: 'CreateTime' -> 'LogAppendTime'",
+            f"retention.ms: '1000' -> '{5 * 3600 * 1000}'",
+        ]
+        for name in (topic, dlq):
+            now = describe_topic_config(kafka_admin, name)
+            assert {k: now[k] for k in drift[name]} == {k: wanted[name][k] for k in drift[name]}
+        again = _summary(_cli(env, *args))
+        assert again["changed"] is False and all(not t["changes"] for t in again["topics"].values())
+    finally:
+        kafka_admin.delete_topics([topic, dlq], operation_timeout=30)
+
+
+def test_setup_puts_back_a_drifted_index_template_and_then_changes_nothing(es_client, fresh_index_prefix) -> None:
+    from include.quoteflow.elastic.template import index_template
+
+    name = f"test-drift-{uuid.uuid4().hex[:8]}"
+    wanted = {**index_template([f"{fresh_index_prefix}*"]), "priority": 300}  # above "quotes" for these indices
+    try:
+        assert ensure_template(es_client, name, wanted) == "created"
+        plants = [
+            lambda b: b["template"]["mappings"]["properties"].update(price={"type": "keyword"}),
+            lambda b: b["template"]["settings"].update(refresh_interval="30s"),
+            lambda b: b["template"]["settings"].update({"mapping.total_fields.limit": 40}),  # a setting not managed
+            lambda b: b.update(version=7),
+        ]
+        for plant in plants:
+            drifted = json.loads(json.dumps(wanted))
+            plant(drifted)
+            es_client.indices.put_index_template(name=name, **drifted)
+            assert ensure_template(es_client, name, wanted) == "updated", drifted
+            assert ensure_template(es_client, name, wanted) == "unchanged"
+        # What was put back works: a new index under the prefix gets the contract's mapping and settings.
+        index = f"{fresh_index_prefix}2026.11.28"
+        es_client.indices.create(index=index)
+        mapping = es_client.indices.get_mapping(index=index)[index]["mappings"]
+        settings = es_client.indices.get_settings(index=index)[index]["settings"]["index"]
+        assert mapping["dynamic"] == "strict" and mapping["properties"]["price"] == {"type": "double"}
+        assert settings["refresh_interval"] == "1s" and "mapping" not in settings
+    finally:
+        es_client.options(ignore_status=404).indices.delete_index_template(name=name)

@@ -152,3 +152,40 @@ def test_window_in_the_future_is_refused(env) -> None:
     now = _now()
     with pytest.raises(ConfigError, match="in the future"):
         plan_window(env["cfg"], now, now.replace(year=now.year + 1), topic=env["topic"])
+
+
+def test_the_window_summary_lag_is_the_records_appended_after_the_window(env) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    from include.quoteflow.indexer import finish_window
+
+    topic = env["topic"]
+    start = _now()
+    time.sleep(0.05)
+    produce(env["bootstrap"], topic, [quote_value(i) for i in range(20)], partition=0)
+    time.sleep(0.05)
+    end = _now()
+    time.sleep(0.05)
+    produce(env["bootstrap"], topic, [quote_value(100 + i) for i in range(7)], partition=0)
+    produce(env["bootstrap"], topic, [quote_value(200 + i) for i in range(5)], partition=1)  # empty in the window
+
+    # As the DAG runs it: plan → one index_ranges per group → finish.
+    groups = plan_window(env["cfg"], start, end, topic=topic, groups=2, group_id=env["group"])
+    assert sorted(len(g) for g in groups) == [1, 2] and any(all(r["start"] == r["end"] for r in g) for g in groups)
+    parts = [
+        index_ranges(env["cfg"], env["es"], g, dlq_topic=env["dlq"], index_prefix=env["prefix"], group_id=env["group"])
+        for g in groups
+    ]
+    assert {p.lag_records for p in parts} == {7, 5}  # the group with nothing to read still sees partition 1's lag
+    result = finish_window(env["cfg"], [p.to_dict() for p in parts], start, end, topic=topic, group_id=env["group"])
+    assert (result["read"], result["indexed"], result["lag_records"]) == (20, 20, 12)
+
+    # Independently: the log end offsets minus what the group committed for the window.
+    after = committed(env["bootstrap"], topic, env["group"], 3)
+    reader = Consumer({"bootstrap.servers": env["bootstrap"], "group.id": "test-lag-reader"})
+    try:
+        highs = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in range(3)}
+    finally:
+        reader.close()
+    assert highs == {0: 27, 1: 5, 2: 0} and after == {0: 20, 1: 0, 2: 0}
+    assert result["lag_records"] == sum(highs[p] - after[p] for p in range(3))

@@ -75,17 +75,35 @@ def _normalize(value: Any) -> Any:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested or dotted settings → dotted keys without the ``index.`` prefix (ES echoes them nested)."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_settings(value, f"{name}."))
+        else:
+            out[name.removeprefix("index.")] = value
+    return out
+
+
+# Template fields quoteflow does not set: present on the cluster means someone changed the template.
+_UNMANAGED = ("version", "data_stream", "allow_auto_create", "ignore_missing_component_templates", "deprecated")
+
+
 def _comparable(body: dict[str, Any]) -> dict[str, Any]:
+    """What a template means, in a form where the body sent and the one Elasticsearch echoes compare equal."""
     template = body.get("template", {})
-    settings = template.get("settings", {})
-    settings = settings.get("index", settings)
     return _normalize(
         {
             "index_patterns": sorted(body.get("index_patterns", [])),
             "priority": body.get("priority"),
-            "settings": {k: settings.get(k) for k in ("number_of_shards", "number_of_replicas", "refresh_interval")},
+            "composed_of": body.get("composed_of") or [],
+            "settings": _flat_settings(template.get("settings") or {}),
             "mappings": template.get("mappings", {}),
+            "aliases": template.get("aliases") or {},
             "_meta": body.get("_meta"),
+            **{key: body.get(key) for key in _UNMANAGED},
         }
     )
 

@@ -17,7 +17,7 @@ changed, or could not be read), it re-sends that letter cut to half the size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,6 +39,8 @@ MAX_SHRINKS = 6
 MIN_LIMIT_BYTES = 1024
 # A Kafka v2 record batch header: base offset, length, epoch, magic, crc, attributes, deltas, ids, count.
 BATCH_HEADER_BYTES = 61
+REPLAY_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+REPLAY_TIMEOUT_S = 15.0
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -415,6 +417,18 @@ def list_dead_letters(
     return {"dead_letters": len(letters), "by_reason": by_reason, "shown": shown}
 
 
+def _committed(consumer: Any, topic: str, parts: Sequence[int]) -> dict[int, int]:
+    from confluent_kafka import TopicPartition
+
+    found = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=REPLAY_TIMEOUT_S)
+    return {tp.partition: tp.offset for tp in found}
+
+
+def replay_group(group_id: str, reason: str | None) -> str:
+    """The consumer group that remembers how far ``replay --reason`` got (the plain group for a full replay)."""
+    return group_id if reason is None else f"{group_id}.{reason}"
+
+
 def replay_dead_letters(
     config: Mapping[str, Any],
     dlq_topic: str,
@@ -423,31 +437,43 @@ def replay_dead_letters(
     reason: str | None = None,
     group_id: str = "quoteflow-dlq-replay",
 ) -> dict[str, Any]:
-    """Re-produce dead letters not replayed before (after the group's committed DLQ offsets) into ``target_topic``.
+    """Re-produce dead letters not replayed before into ``target_topic``; with ``reason``, only those.
 
-    Each origin is replayed once even if it was dead-lettered several times (window re-runs); the
-    replay group's offsets are committed only after every replayed record was acknowledged.
-    ``too_large`` letters hold an excerpt, not the record: they are counted as ``unreplayable``.
+    What was replayed is remembered as committed DLQ offsets: a full replay under ``group_id``, a
+    replay of one reason under ``<group_id>.<reason>``, so replaying one reason leaves the others
+    pending, and a letter covered by either is never replayed twice. Each origin is replayed once
+    even if it was dead-lettered several times (window re-runs); offsets are committed only after
+    every replayed record was acknowledged. ``too_large`` letters hold an excerpt, not the record:
+    they are counted as ``unreplayable``.
     """
     from confluent_kafka import Producer, TopicPartition
 
     from include.quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, topic_partitions, watermarks
 
     consumer = make_consumer(config, group_id)
+    pointers: dict[str, Any] = {}  # reason → a consumer of that reason's group (for its committed offsets)
+    done: dict[str, dict[int, int]] = {}
     failures: list[str] = []
     replayed = skipped = 0
     unreplayable: list[str] = []
     try:
         parts = topic_partitions(consumer, dlq_topic)
-        committed = {
-            tp.partition: tp.offset for tp in consumer.committed([TopicPartition(dlq_topic, p) for p in parts])
-        }
+
+        def done_for(name: str) -> dict[int, int]:
+            if name not in done:
+                pointers[name] = make_consumer(config, replay_group(group_id, name))
+                done[name] = _committed(pointers[name], dlq_topic, parts)
+            return done[name]
+
+        replayed_all = _committed(consumer, dlq_topic, parts)
         ranges = []
         for p in parts:
             low, high = watermarks(consumer, dlq_topic, p)
-            ranges.append(PartitionRange(dlq_topic, p, max(low, committed.get(p, -1)), high))
+            start = max(low, replayed_all.get(p, -1), done_for(reason).get(p, -1) if reason is not None else -1)
+            ranges.append(PartitionRange(dlq_topic, p, start, high))
         seen: set[tuple[str, int, int]] = set()
-        producer = Producer(producer_config(config))
+        # A letter is as large as its record was: let the client pass it, the quotes topic took it once.
+        producer = Producer({**producer_config(config), "message.max.bytes": REPLAY_MAX_MESSAGE_BYTES})
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
@@ -457,7 +483,11 @@ def replay_dead_letters(
             for msg in batch:
                 letter = to_dead_letter(msg)
                 origin = (letter.origin_topic, letter.origin_partition, letter.origin_offset)
-                if (reason is not None and letter.reason != reason) or origin in seen:
+                if (
+                    (reason is not None and letter.reason != reason)
+                    or origin in seen
+                    or msg.offset() < done_for(letter.reason).get(msg.partition(), -1)  # replayed by reason
+                ):
                     skipped += 1
                     continue
                 seen.add(origin)
@@ -465,19 +495,33 @@ def replay_dead_letters(
                     unreplayable.append("-".join(map(str, origin)))
                     continue
                 headers: list[tuple[str, str | bytes | None]] = [("replay.origin", "-".join(map(str, origin)).encode())]
-                producer.produce(
-                    target_topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
-                )
+                while True:
+                    try:
+                        producer.produce(
+                            target_topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.5)  # local queue full: serve callbacks, then try again
                 producer.poll(0)
                 replayed += 1
         if producer.flush(FLUSH_TIMEOUT_S) or failures:
             raise DeadLetterError(f"replay to {target_topic!r} not fully acknowledged: {failures[:1] or 'timeout'}")
         ends = [TopicPartition(dlq_topic, r.partition, r.end) for r in ranges if r.size > 0]
         if ends:
-            consumer.commit(offsets=ends, asynchronous=False)
+            (consumer if reason is None else pointers[reason]).commit(offsets=ends, asynchronous=False)
     finally:
+        for pointer in pointers.values():
+            pointer.close()
         consumer.close()
-    logger.info("replayed %s dead letter(s) from %s into %s (%s skipped)", replayed, dlq_topic, target_topic, skipped)
+    logger.info(
+        "replayed %s dead letter(s)%s from %s into %s (%s skipped)",
+        replayed,
+        f" with reason {reason}" if reason is not None else "",
+        dlq_topic,
+        target_topic,
+        skipped,
+    )
     if unreplayable:
         logger.warning(
             "%s too_large dead letter(s) hold only an excerpt and were not replayed; re-index them from their "
