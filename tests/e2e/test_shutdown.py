@@ -2,6 +2,9 @@
 
 This goes the real way — the API server answers the task's next heartbeat with 409, the
 supervisor sends SIGTERM, Airflow's handler calls ``on_kill`` — and reads the task's own log.
+That the flush happened is read back from Kafka, not from the producer's own counters: every
+quote the summary counts delivered must be in the topic, between the task's first log line and
+its summary line. And the task's process (its PID from the task instance) must be gone.
 Runs last among the e2e tests (file order), because it ends the current producer run.
 """
 
@@ -9,24 +12,17 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import time
-import urllib.request
 from datetime import datetime
 
 import pytest
 
+from scripts.procs import alive, start_time
+from tests.e2e.e2e_support import airflow_write, epoch_ms, offsets_at, read_records
+
 TASK_ID = "produce_quotes"
-
-
-def _patch(pipeline, path: str, body: dict) -> dict:
-    req = urllib.request.Request(
-        f"{pipeline.airflow_url}{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {pipeline.token()}"},
-        method="PATCH",
-    )
-    with urllib.request.urlopen(req, timeout=15) as resp:
-        return json.load(resp)
+EXIT_TIMEOUT_S = 30
 
 
 def _events(log_path) -> list[dict]:
@@ -41,20 +37,44 @@ def _events(log_path) -> list[dict]:
     return events
 
 
-def _running_producer(pipeline, timeout: float = 120) -> tuple[str, int]:
+def _running_producer(pipeline, timeout: float = 120) -> tuple[str, int, int]:
+    """(run id, try number, task process PID) of the running producer task."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         runs = pipeline.api("/api/v2/dags/quotes_producer/dagRuns?state=running&limit=5")["dag_runs"]
         for run in runs:
             ti = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TASK_ID}")
-            if ti["state"] == "running":
-                return run["dag_run_id"], ti["try_number"]
+            if ti["state"] == "running" and ti.get("pid"):
+                return run["dag_run_id"], ti["try_number"], ti["pid"]
         time.sleep(2)
-    pytest.fail("no running quotes_producer task instance to stop")
+    pytest.fail("no running quotes_producer task instance (with a PID) to stop")
+
+
+def _other_producer_tries(pipeline, run_id: str, try_number: int) -> list[dict]:
+    """Every producer try but ours: (start_date, end_date) of each, to tell whether another one could have written."""
+    others = []
+    for run in pipeline.api("/api/v2/dags/quotes_producer/dagRuns?order_by=-run_after&limit=50")["dag_runs"]:
+        tries = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TASK_ID}/tries")[
+            "task_instances"
+        ]
+        others += [t for t in tries if (run["dag_run_id"], t["try_number"]) != (run_id, try_number)]
+    return others
+
+
+def _wait_for_exit(pid: int, started: int, timeout: float) -> bool:
+    """True once ``pid`` is gone or a zombie (or is a different process: the kernel reused the number)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid) or start_time(pid) != started:
+            return True
+        time.sleep(0.5)
+    return not alive(pid) or start_time(pid) != started
 
 
 def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline) -> None:
-    run_id, try_number = _running_producer(pipeline)
+    run_id, try_number, pid = _running_producer(pipeline)
+    pid_started = start_time(pid)
+    assert pid_started is not None, f"the producer's task process {pid} (from its task instance) is not running"
     log_path = (
         pipeline.state_dir
         / "airflow"
@@ -69,7 +89,12 @@ def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline) -> N
     while not any("stats:" in str(e.get("event")) for e in _events(log_path)) and time.monotonic() < deadline:
         time.sleep(2)
 
-    _patch(pipeline, f"/api/v2/dags/quotes_producer/dagRuns/{run_id}/taskInstances/{TASK_ID}", {"new_state": "failed"})
+    airflow_write(
+        pipeline,
+        "PATCH",
+        f"/api/v2/dags/quotes_producer/dagRuns/{run_id}/taskInstances/{TASK_ID}",
+        {"new_state": "failed"},
+    )
 
     def stop_and_summary():
         events = _events(log_path)
@@ -96,3 +121,39 @@ def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline) -> N
     assert summary["delivery_failures"] == 0
     assert summary["quotes"] == summary["quotes_sent"] > 0
     assert 0 <= took <= 5.0
+
+    assert _wait_for_exit(pid, pid_started, EXIT_TIMEOUT_S), (
+        f"the producer's task process {pid} still runs {EXIT_TIMEOUT_S} s after its summary"
+    )
+
+    # Read the flush back from Kafka. This try's records were appended (LogAppendTime, the broker's
+    # clock, the same machine's) after its "producing ..." line and before its summary line, which is
+    # logged only once the flush returned.
+    first = next(e for e in _events(log_path) if str(e.get("event")).startswith("producing "))
+    begin_ms, end_ms = math.floor(epoch_ms(first["timestamp"])), math.ceil(epoch_ms(summary_event["timestamp"])) + 1
+    starts = offsets_at(pipeline.kafka_bootstrap, pipeline.topic, begin_ms)
+    ends = offsets_at(pipeline.kafka_bootstrap, pipeline.topic, end_ms)
+    assert all(starts[p] >= pipeline.start_offsets.get(p, 0) for p in starts), (starts, pipeline.start_offsets)
+    records = read_records(pipeline.kafka_bootstrap, pipeline.topic, starts, ends)
+    quotes = [m for m in records if ("schema", b"quote.v1") in (m.headers() or [])]
+    print(f"{len(records)} records in the topic between the try's first log line and its summary; {len(quotes)} quotes")
+    assert len(quotes) == len(records), f"{len(records) - len(quotes)} records without the quote.v1 schema header"
+    assert len(quotes) >= summary["quotes"], (
+        f"the summary counts {summary['quotes']} quotes delivered, but the topic holds only {len(quotes)} "
+        f"appended during the try ({starts} → {ends}): the flush lost records"
+    )
+    overlapping = [
+        t
+        for t in _other_producer_tries(pipeline, run_id, try_number)
+        if t["start_date"]
+        and epoch_ms(t["start_date"]) < end_ms
+        and (t["end_date"] is None or epoch_ms(t["end_date"]) > begin_ms)
+    ]
+    if not overlapping:  # no other producer try ran meanwhile: every record there is one this summary counted
+        assert len(quotes) == summary["quotes"], (
+            f"the topic holds {len(quotes)} quotes appended during the try but its summary counts "
+            f"{summary['quotes']}: another writer appended to {pipeline.topic} (only the pipeline's producer should, "
+            "under the e2e lock), or the summary miscounts"
+        )
+    else:
+        print(f"another producer try overlapped this one, so only >= is checked: {overlapping}")
