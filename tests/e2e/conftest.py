@@ -1,8 +1,10 @@
 """The e2e fixture: the whole pipeline through `make run SOURCE=replay`, from a fresh run-state folder.
 
 Kafka and Elasticsearch are the suite's own (already up); everything `make run` starts —
-the feed server and Airflow standalone — lives in a temporary folder on spare ports, and
-`make stop` must leave none of it running.
+the feed server and Airflow's four components — lives in a temporary folder on spare ports, and
+`make stop` must leave none of it running: no process descended from one it recorded, none working
+in or holding a file of the run folder, none carrying the folder in its environment
+(tests/helpers/processes.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.processes import RunProcesses
 
 ROOT = Path(__file__).resolve().parents[2]
 QUOTES_TOPIC = "quotes.tradingview"
@@ -38,6 +42,7 @@ class Pipeline:
     start_offsets: dict[int, int] = field(default_factory=dict)
     started_at: float = 0.0
     start_seconds: float = 0.0
+    run_output: str = ""
 
     def token(self) -> str:
         """A Bearer token for Airflow's REST API (admin)."""
@@ -72,48 +77,50 @@ def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def _leftover_pids(run_dir: Path) -> list[int]:
-    pids = []
-    for pid_file in run_dir.glob("*.pid"):
-        try:
-            pid = int(pid_file.read_text().strip())
-            os.kill(pid, 0)
-            pids.append(pid)
-        except (ValueError, ProcessLookupError, FileNotFoundError):
-            continue
-    return pids
+def run_env(run_dir: Path, airflow_port: str, feed_port: str, health_port: str) -> dict[str, str]:
+    """The environment of a `make run` in ``run_dir`` on these ports, without the suite's own Airflow settings."""
+    env = {
+        **os.environ,
+        "QUOTEFLOW_RUN_DIR": str(run_dir),
+        "QUOTEFLOW_AIRFLOW_PORT": airflow_port,
+        "QUOTEFLOW_FEED_PORT": feed_port,
+        "QUOTEFLOW_SCHEDULER_HEALTH_PORT": health_port,
+        "QUOTEFLOW_RUN_TIMEOUT": str(START_TIMEOUT),
+    }
+    for key in list(env):
+        if key.startswith(("AIRFLOW__", "AIRFLOW_CONN_")) or key == "AIRFLOW_HOME":
+            env.pop(key)
+    return env
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (entry / "environ").read_bytes()
-        except (FileNotFoundError, PermissionError, ProcessLookupError):
-            continue
-        if text.encode() in environ and "python" in cmdline:
-            found.append(f"{entry.name}: {cmdline[:120]}")
-    return found
+def log_tails(run_dir: Path, lines: int = 30) -> str:
+    """The last lines of each component's log in ``run_dir``, for a failure message."""
+    parts = []
+    for log in sorted((run_dir / "logs").glob("*.log")):
+        parts.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(parts)
+
+
+def make_stop_leaves_nothing(env: dict[str, str], watch: RunProcesses) -> None:
+    """`make stop`, then fail if it failed or if any process of the run is left (PIDs noted before the stop)."""
+    watch.remember()
+    stop = subprocess.run(["make", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, f"make stop failed:\n{stop.stdout}\n{stop.stderr}"
+    leftovers = watch.leftovers()
+    assert not leftovers, "make stop left processes running:\n" + "\n".join(leftovers) + f"\n{stop.stdout}"
 
 
 @pytest.fixture(scope="package")  # torn down after the last e2e test, before the other tiers run
 def pipeline(kafka_bootstrap: str, es_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """`make run SOURCE=replay` in a fresh run folder; `make stop` afterwards, which must leave nothing running."""
     run_dir = tmp_path_factory.mktemp("make-run")
-    env = {
-        **os.environ,
-        "QUOTEFLOW_RUN_DIR": str(run_dir),
-        "QUOTEFLOW_AIRFLOW_PORT": os.environ.get("QUOTEFLOW_E2E_AIRFLOW_PORT", "28080"),
-        "QUOTEFLOW_FEED_PORT": os.environ.get("QUOTEFLOW_E2E_FEED_PORT", "28765"),
-        "QUOTEFLOW_RUN_TIMEOUT": str(START_TIMEOUT),
-    }
-    # The suite's own Airflow settings must not leak into the pipeline's Airflow.
-    for key in list(env):
-        if key.startswith(("AIRFLOW__", "AIRFLOW_CONN_")) or key == "AIRFLOW_HOME":
-            env.pop(key)
+    env = run_env(
+        run_dir,
+        os.environ.get("QUOTEFLOW_E2E_AIRFLOW_PORT", "28080"),
+        os.environ.get("QUOTEFLOW_E2E_FEED_PORT", "28765"),
+        os.environ.get("QUOTEFLOW_E2E_HEALTH_PORT", "28974"),
+    )
+    watch = RunProcesses(run_dir)
     start_offsets = _end_offsets(kafka_bootstrap, QUOTES_TOPIC)
     started = time.time()
     proc = subprocess.run(
@@ -133,16 +140,15 @@ def pipeline(kafka_bootstrap: str, es_url: str, tmp_path_factory: pytest.TempPat
         start_offsets=start_offsets,
         started_at=started,
         start_seconds=start_seconds,
+        run_output=proc.stdout,
     )
     try:
         if proc.returncode != 0:
-            log = run_dir / "logs" / "airflow.log"
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
-            pytest.fail(f"make run SOURCE=replay failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n{tail}")
+            pytest.fail(
+                f"make run SOURCE=replay failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
+                + log_tails(run_dir)
+            )
+        watch.remember()
         yield pipe
     finally:
-        stop = subprocess.run(["make", "stop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-        time.sleep(2)
-        leftovers = _leftover_pids(run_dir) + _processes_mentioning(f"QUOTEFLOW_RUN_DIR={run_dir}")
-        assert stop.returncode == 0, f"make stop failed:\n{stop.stdout}\n{stop.stderr}"
-        assert not leftovers, f"make stop left processes running: {leftovers}"
+        make_stop_leaves_nothing(env, watch)
