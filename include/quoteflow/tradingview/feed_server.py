@@ -612,7 +612,9 @@ class FeedServer:
                     values["description"] = _DESCRIPTIONS[seq % len(_DESCRIPTIONS)]
                 walk.sent.update(values)
                 for qs, key, fields in targets:
-                    sent = values if fields is None else {k: v for k, v in values.items() if k in fields}
+                    sent = values
+                    if fields is not None and not fields.issuperset(values):  # the superset test runs in C
+                        sent = {k: v for k, v in values.items() if k in fields}
                     if not sent:
                         continue
                     updates[key] += 1
