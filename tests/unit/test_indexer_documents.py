@@ -186,3 +186,28 @@ def test_kafka_time_matches_format_timestamp() -> None:
 
     for ms in (0, 1, 999, 1_764_298_801_250, 1_764_298_801_999, 1_764_298_802_000):
         assert kafka_time(ms) == format_timestamp(ms / 1000, milliseconds=True)
+
+
+def test_a_dead_letter_that_fits_is_written_whole_and_one_that_does_not_as_a_too_large_excerpt() -> None:
+    from include.quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterError, fit_letter, record_batch_bytes
+
+    small = DeadLetterDraft(b"K", b'{"a"', "quotes.tradingview", 2, 77, "invalid_json", "bad", 0)
+    key, value, headers = fit_letter(small, 2000)
+    assert (key, value) == (b"K", b'{"a"') and dict(headers)["error.reason"] == b"invalid_json"
+
+    big = DeadLetterDraft(b"K" * 5000, b"v" * 50_000, "quotes.tradingview", 2, 78, "schema", "price: bad", 0)
+    key, value, headers = fit_letter(big, 20_000)
+    found = dict(headers)
+    assert record_batch_bytes(key, value, headers) <= 20_000
+    assert found["error.reason"] == b"too_large" and found["error.original_reason"] == b"schema"
+    assert (found["error.original_size"], found["error.original_key_size"]) == (b"50000", b"5000")
+    assert (found["origin.topic"], found["origin.partition"], found["origin.offset"]) == (
+        b"quotes.tradingview",
+        b"2",
+        b"78",
+    )
+    assert key == b"K" * 1024 and value and big.value.startswith(value)
+    # The excerpt is as long as the limit allows: one byte more of the value would not fit.
+    assert record_batch_bytes(key, big.value[: len(value) + 1], headers) > 20_000
+    with pytest.raises(DeadLetterError, match="max.message.bytes"):
+        fit_letter(DeadLetterDraft(None, b"x" * 500, "t" * 200, 0, 1, "schema", "d", 0), 150)
