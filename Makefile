@@ -56,7 +56,7 @@ stop: ## stop everything `make run` started
 status: ## each component of `make run` and the last indexer window
 	scripts/run --status
 
-logs: ## follow the logs of `make run`
+logs: ## the last lines of each log of `make run`, then follow them
 	scripts/run --logs
 
 constraints: ## regenerate constraints.txt from a clean install of requirements-dev.txt
