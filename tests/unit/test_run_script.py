@@ -167,6 +167,9 @@ def test_stop_never_signals_a_process_a_stale_pid_file_names(tmp_path: Path, chi
     (run_dir / "scheduler.pid").write_text(f"{stranger.pid} {started + 1}\n")  # PID reused since it was written
     (run_dir / "feed.pid").write_text(f"{old_style.pid}\n")  # no start time: cannot be trusted
     procs.write_pid_file(run_dir / "api-server.pid", ours.pid)  # the control: a true record is stopped
+    # An orphan of a killed scheduler (a task process, reparented): no PID file leads to it, its marker does.
+    orphan_env = {**os.environ, "QUOTEFLOW_RUN_SPAWNED": str(run_dir), "QUOTEFLOW_RUN_COMPONENT": "scheduler"}
+    orphan = _sleeper(children, start_new_session=True, env=orphan_env)
 
     stop = subprocess.run(
         [str(RUN_SCRIPT), "--stop"], env=_run_env(run_dir), capture_output=True, text=True, timeout=120
@@ -174,6 +177,7 @@ def test_stop_never_signals_a_process_a_stale_pid_file_names(tmp_path: Path, chi
 
     assert stop.returncode == 0, stop.stderr
     assert ours.wait(timeout=5) == -signal.SIGTERM
+    assert orphan.wait(timeout=5) == -signal.SIGTERM
     assert stranger.poll() is None and old_style.poll() is None, stop.stdout
     assert not list(run_dir.glob("*.pid")), "make stop leaves no PID file behind"
 
