@@ -303,9 +303,13 @@ def test_root_start_runs_both_services_unprivileged_from_root_owned_files(
     _as_user("nobody", PLANT_ES, str(old), str(old_marker), str(victim), ES_VERSION)
     # A cache the service user cannot read (a clone under /root, as CI may have): root copies the jars out.
     cache = tmp_path / "cache"
-    shutil.copytree(ROOT / ".cache" / "services" / f"kafka-{KAFKA_VERSION}", cache / f"kafka-{KAFKA_VERSION}")
+    shared_cache = ROOT / ".cache" / "services"
+    assert (shared_cache / "dl" / f"elasticsearch-{ES_VERSION}.zip").exists() and (
+        shared_cache / f"kafka-{KAFKA_VERSION}" / "libs" / ".complete"
+    ).exists(), f"{shared_cache} lacks the Kafka jars or the ES zip: run `make services` once to fetch them"
+    shutil.copytree(shared_cache / f"kafka-{KAFKA_VERSION}", cache / f"kafka-{KAFKA_VERSION}")
     (cache / "dl").mkdir()
-    shutil.copy(ROOT / ".cache" / "services" / "dl" / f"elasticsearch-{ES_VERSION}.zip", cache / "dl")
+    shutil.copy(shared_cache / "dl" / f"elasticsearch-{ES_VERSION}.zip", cache / "dl")
     env = _env(state, QUOTEFLOW_SERVICES_BASE=str(base), QUOTEFLOW_CACHE_DIR=str(cache))
     home = base / hashlib.sha256(str(state).encode()).hexdigest()[:12]
     es_uid = None
