@@ -1,4 +1,5 @@
-"""quotes_producer: its shape, a dag.test() run against the local feed, and a clean stop via on_kill."""
+"""quotes_producer: its shape, a dag.test() run against the local feed, a clean stop via on_kill, and
+configuration errors that fail the task once instead of being retried."""
 
 from __future__ import annotations
 
@@ -104,3 +105,44 @@ def test_on_kill_flushes_and_returns_within_5_seconds(dag, feed_server, make_top
     assert summary["stopped_by"] == "stop_request"
     assert summary["quotes"] == summary["quotes_sent"] > 100  # everything queued was delivered by the flush
     assert len(read_topic(kafka_bootstrap, topic, expect=summary["quotes"])) == summary["quotes"]
+
+
+def _only_try(run):
+    """The produce_quotes task instance of a finished run, after asserting the run failed."""
+    assert str(run.state) == "failed"
+    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "produce_quotes"]
+    return ti
+
+
+def test_a_token_bound_for_a_foreign_host_fails_once_without_retrying(dag, monkeypatch, capfd):
+    conn = {"conn_type": "generic", "password": "user-token-xyz", "extra": {"backoff_cap": 0.5}}
+    monkeypatch.setenv("AIRFLOW_CONN_TRADINGVIEW_DEFAULT", json.dumps(conn))
+    started = time.monotonic()
+    run = dag.test(run_conf={"url": "wss://data.tradingview.com.evil.example/socket.io/websocket"})
+    log = "".join(capfd.readouterr())  # the task's log, as Airflow's task runner writes it
+    ti = _only_try(run)
+    assert str(ti.state) == "failed" and ti.try_number == 1  # not up_for_retry: no second try follows
+    assert time.monotonic() - started < 60  # a retry would wait out retry_delay (15 s, then 30 s, ...)
+    assert "refusing to send the TradingView auth token" in log
+    assert "wss://data.tradingview.com.evil.example:443" in log
+    assert "host of connection 'tradingview_default'" in log and "remove the password" in log
+    assert "user-token-xyz" not in log
+
+
+def test_every_symbol_refused_fails_once_without_retrying(dag, feed_server, make_topic, fast_tradingview_conn, capfd):
+    topic = make_topic(1, LOG_APPEND)
+    run = dag.test(run_conf={"url": feed_server.url, "topic": topic, "symbols": ["NOPE:NOSUCH", "NOPE:OTHER"]})
+    log = "".join(capfd.readouterr())
+    ti = _only_try(run)
+    assert str(ti.state) == "failed" and ti.try_number == 1
+    assert "TradingView refused every symbol" in log and "fix the symbol list" in log
+    assert feed_server.stats.connections == 1  # one try, one connection: no reconnect loop either
+
+
+def test_a_missing_topic_fails_once_without_retrying(dag, feed_server, fast_tradingview_conn, capfd):
+    run = dag.test(run_conf={"url": feed_server.url, "topic": "quotes.no-such-topic.producer-dag-test"})
+    log = "".join(capfd.readouterr())
+    ti = _only_try(run)
+    assert str(ti.state) == "failed" and ti.try_number == 1
+    assert "does not exist" in log
+    assert feed_server.stats.connections == 0  # refused before any data moved
