@@ -80,12 +80,13 @@ class _Pump:
         heartbeat = self.client.last_heartbeat
         delayed = self.client.delayed_symbols()
         logger.info(
-            "stats: %.1f quotes/s, %d sent, %d delivered, %d in flight, %d reconnect(s), errors %s; "
+            "stats: %.1f quotes/s, %d sent, %d delivered, %d in flight, %d too large, %d reconnect(s), errors %s; "
             "last heartbeat %s ago; last tick age (stalest): %s; no tick yet: %d symbol(s)%s; delayed feed: %s",
             rate,
             sent,
             self.producer.delivered,
             self.producer.in_flight,
+            self.producer.too_large,
             stats.reconnects,
             dict(stats.errors) or "{}",
             "-" if heartbeat is None else f"{now - heartbeat:.1f}s",
@@ -96,11 +97,18 @@ class _Pump:
         )
 
 
-def check_topic(kafka: Mapping[str, Any], topic: str) -> None:
-    """Refuse to start (a :class:`ConfigError` naming the fix) unless the topic exists with LogAppendTime."""
-    from include.quoteflow.kafka.admin import admin_client, require_log_append_time
+def check_topic(kafka: Mapping[str, Any], topic: str) -> int | None:
+    """Refuse to start (a :class:`ConfigError` naming the fix) unless the topic exists with LogAppendTime.
 
-    require_log_append_time(admin_client(kafka), topic)
+    Returns the topic's ``max.message.bytes`` (``None`` if the broker does not say), so the producer
+    can keep its batches under it.
+    """
+    from include.quoteflow.kafka.admin import admin_client, describe_topic_config, require_log_append_time
+
+    admin = admin_client(kafka)
+    require_log_append_time(admin, topic)
+    value = describe_topic_config(admin, topic).get("max.message.bytes")
+    return int(value) if value and value.isdigit() else None
 
 
 def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -110,9 +118,8 @@ def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[
     record was not delivered (the summary is attached as ``exc.summary``).
     """
     stop = stop or threading.Event()
-    if run.check_topic:
-        check_topic(run.kafka, run.topic)
-    producer = QuoteProducer(run.kafka, run.topic).open()
+    topic_max_bytes = check_topic(run.kafka, run.topic) if run.check_topic else None
+    producer = QuoteProducer(run.kafka, run.topic, topic_max_bytes=topic_max_bytes).open()
     producer.abort = stop  # a stop request must not wait behind a full queue while Kafka is down
     pump = _Pump(run, producer)
     client = TradingViewClient(run.client, pump.on_quote, on_tick=pump.on_tick)
@@ -155,6 +162,7 @@ def _summary(
         "quotes": producer.delivered,
         "quotes_sent": producer.sent,
         "delivery_failures": producer.failed,
+        "too_large": producer.too_large,
         "messages": stats.messages,
         "packets": stats.packets,
         "heartbeats": stats.heartbeats,

@@ -30,6 +30,9 @@ NUMBER_FIELDS_NULLABLE = (
     "prev_close",
 )
 STRING_FIELDS_NULLABLE = ("currency", "update_mode")
+# The longest string a Quote carries (characters): the producer cuts feed strings (currency,
+# update_mode) to it and refuses longer symbols, so a record stays far below Kafka's size limits.
+MAX_STRING_CHARS = 256
 FIELDS = (
     "schema",
     "source",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -191,3 +192,60 @@ def test_stop_is_not_held_up_by_a_full_queue_while_kafka_is_unreachable():
     with pytest.raises(DeliveryFailed) as err:
         producer.close(1.0)
     assert err.value.failed == 12 and producer.delivered == 0
+
+
+# -------------------------------------------------------------- records too large for the topic
+
+
+def _incompressible(size: int) -> bytes:
+    """A JSON value of about ``size`` bytes that lz4 cannot shrink, so its batch is really that large."""
+    return json.dumps({"pad": os.urandom(size // 2).hex()}).encode()
+
+
+def _too_large_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "include.quoteflow.kafka.producer"]
+
+
+def test_a_record_too_large_for_the_topic_is_counted_logged_once_and_the_rest_delivered(
+    make_topic, kafka_bootstrap, caplog
+):
+    from include.quoteflow.producer import check_topic
+
+    topic = make_topic(1, {**LOG_APPEND, "max.message.bytes": "4096"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    topic_max = check_topic(config, topic)
+    assert topic_max == 4096
+    producer = QuoteProducer(config, topic, topic_max_bytes=topic_max).open()
+    expected = []
+    with caplog.at_level(logging.INFO, logger="include.quoteflow"):
+        for i in range(1500):
+            value = _incompressible(3400 if i % 100 == 7 else 300)  # near the limit, yet under it
+            producer.send(b"BINANCE:SOLUSDT", value)
+            expected.append(value)
+            if i % 500 == 250:
+                producer.send(b"BINANCE:SOLUSDT", _incompressible(6000))  # can never fit
+        producer.close(20)  # no DeliveryFailed: a record that can never fit is not a delivery failure
+    assert (producer.too_large, producer.failed, producer.delivered) == (3, 0, 1500)
+    assert [r.value() for r in read_topic(kafka_bootstrap, topic, expect=1500)] == expected  # none lost, in order
+    lines = _too_large_lines(caplog)
+    assert len(lines) == 1, lines  # logged once, not once per record
+    assert "too large for topic" in lines[0] and "counted as too_large" in lines[0]
+    assert "max.message.bytes" in lines[0] and "BINANCE:SOLUSDT" in lines[0]
+
+
+def test_a_batch_the_broker_refuses_for_size_is_counted_not_raised(make_topic, kafka_bootstrap, caplog):
+    """Without the topic's limit, librdkafka batches past it and the broker refuses: counted, never a crash."""
+    topic = make_topic(1, {**LOG_APPEND, "max.message.bytes": "4096"})
+    producer = QuoteProducer({"bootstrap.servers": kafka_bootstrap}, topic).open()
+    with caplog.at_level(logging.INFO, logger="include.quoteflow"):
+        producer.send(b"BINANCE:SOLUSDT", _incompressible(8000))
+        producer.close(20)  # the broker's MSG_SIZE_TOO_LARGE arrives in the delivery report
+        after = QuoteProducer({"bootstrap.servers": kafka_bootstrap}, topic).open()
+        after.send(b"BINANCE:SOLUSDT", b'{"after":1}')  # the topic still takes what fits
+        after.close(20)
+    assert (producer.too_large, producer.failed, producer.delivered) == (1, 0, 0)
+    assert after.delivered == 1 and [r.value() for r in read_topic(kafka_bootstrap, topic, expect=1)] == [
+        b'{"after":1}'
+    ]
+    lines = _too_large_lines(caplog)
+    assert len(lines) == 1 and "the broker refused it" in lines[0], lines

@@ -8,7 +8,7 @@ import random
 import orjson
 import pytest
 
-from include.quoteflow.quotes import Quote, validate_quote
+from include.quoteflow.quotes import MAX_STRING_CHARS, Quote, validate_quote
 from include.quoteflow.tradingview.client import backoff_delay
 from include.quoteflow.tradingview.protocol import decode_message, encode_packet
 from include.quoteflow.tradingview.session import (
@@ -204,3 +204,29 @@ def test_delayed_feeds_are_flagged_per_symbol():
     _qsd(session, "BINANCE:SOLUSDT", {"lp": 1.0, "update_mode": "streaming"})
     assert client.delayed_symbols() == {"TVC:NDX": "delayed_streaming_900"}
     assert client.last_tick_ages()["NYSE:X"] is None
+
+
+def test_overlong_feed_strings_are_cut_to_the_documented_length_counted_and_reported_once(caplog):
+    session = QuoteSession(["BINANCE:SOLUSDT", "BINANCE:BTCUSDT"])
+    long_currency, long_mode = "U" * 100_000, "streaming" + "x" * 5000
+    with caplog.at_level(logging.WARNING):
+        first = _qsd(session, "BINANCE:SOLUSDT", {"lp": 1.0, "currency_code": long_currency, "update_mode": long_mode})
+        again = _qsd(session, "BINANCE:SOLUSDT", {"lp": 2.0, "currency_code": long_currency + "V"})
+        other = _qsd(session, "BINANCE:BTCUSDT", {"lp": 3.0, "currency_code": long_currency})
+    assert first is not None and again is not None and other is not None
+    assert first.currency == "U" * MAX_STRING_CHARS and first.update_mode == long_mode[:MAX_STRING_CHARS]
+    assert again.currency == "U" * MAX_STRING_CHARS  # the same after cutting: still emitted for the new price
+    assert session.stats.errors["string_capped"] == 4
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3  # once per symbol and field, not per tick
+    assert "100000-character currency for BINANCE:SOLUSDT; keeping its first 256 characters" in warned[0]
+    value = session.states["BINANCE:SOLUSDT"].to_json(RECEIVED)
+    validate_quote(orjson.loads(value))
+    assert len(value) < 4 * MAX_STRING_CHARS + 400  # a record stays small whatever the feed sends
+
+
+def test_overlong_symbols_are_refused_with_the_limit():
+    spec = '={"symbol":"BINANCE:SOLUSDT","session":"regular","note":"' + "n" * 300 + '"}'
+    with pytest.raises(ValueError, match=f"is {len(spec)} characters long; at most {MAX_STRING_CHARS}"):
+        QuoteSession(["BINANCE:SOLUSDT", spec])
+    assert QuoteSession(["X:" + "T" * (MAX_STRING_CHARS - 2)]).subscribed  # exactly the limit is fine

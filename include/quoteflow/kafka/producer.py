@@ -3,6 +3,11 @@
 ``send`` hands a record to librdkafka and serves delivery callbacks with ``poll(0)``; failed
 deliveries are counted and raised as :class:`DeliveryFailed` after the final ``close()`` flush,
 so a run either delivered everything it reports or says loudly that it did not.
+
+A record Kafka refuses for its size (``MSG_SIZE_TOO_LARGE``, from ``produce()`` against the
+producer's ``message.max.bytes`` or from the broker against the topic's ``max.message.bytes``) is
+different: retrying can never deliver it, so it is counted as :attr:`QuoteProducer.too_large` and
+logged (the first one with its key and size, then one line per minute at most), and the run goes on.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
 # Only failures come back as callbacks: no Python call per delivered record on the hot path.
 _ONLY_ERRORS = {"delivery.report.only.error": True}
 _HEADERS = [SCHEMA_HEADER]
+MSG_SIZE_TOO_LARGE = 10  # KafkaError.MSG_SIZE_TOO_LARGE, local and broker-side alike
+# Room for a record batch's header and one record's framing under the topic's max.message.bytes.
+RECORD_BATCH_OVERHEAD = 256
+LIBRDKAFKA_MIN_MESSAGE_MAX_BYTES = 1000
+TOO_LARGE_LOG_INTERVAL_S = 60.0
 
 
 class KafkaProducerError(Exception):
@@ -75,16 +85,29 @@ def producer_config(base: Mapping[str, Any]) -> dict[str, Any]:
 class QuoteProducer:
     """Produces Quote values to one topic; create it lazily with :meth:`open`, finish with :meth:`close`."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
-        """Validate the config now; connect later."""
+    def __init__(self, config: Mapping[str, Any], topic: str, *, topic_max_bytes: int | None = None) -> None:
+        """Validate the config now; connect later.
+
+        ``topic_max_bytes`` is the topic's ``max.message.bytes``. librdkafka does not split a batch the
+        broker refuses as too large, so every record in it would be lost with the one big record; capping
+        ``message.max.bytes`` and ``batch.size`` below the topic's limit keeps batches acceptable and makes
+        ``produce()`` itself refuse (and us count) just the record that can never fit.
+        """
         if not topic:
             raise ConfigError("no Kafka topic given")
         self.config = producer_config(config)
+        if topic_max_bytes is not None:
+            limit = max(LIBRDKAFKA_MIN_MESSAGE_MAX_BYTES, topic_max_bytes - RECORD_BATCH_OVERHEAD)
+            self.config["message.max.bytes"] = min(int(self.config.get("message.max.bytes", 1_000_000)), limit)
+            self.config["batch.size"] = min(int(self.config["batch.size"]), self.config["message.max.bytes"])
         self.topic = topic
         self.sent = 0
         self.failed = 0
+        self.too_large = 0
         self.first_error: str | None = None
+        self._next_too_large_log = 0.0
         self._producer: Any = None
+        self._kafka_exception: type[Exception] = Exception
         self._fatal: str | None = None
         self._closed = False
         self.abort: threading.Event | None = None
@@ -92,8 +115,9 @@ class QuoteProducer:
     def open(self) -> QuoteProducer:
         """Create the librdkafka producer (once)."""
         if self._producer is None:
-            from confluent_kafka import Producer
+            from confluent_kafka import KafkaException, Producer
 
+            self._kafka_exception = KafkaException
             config = {**self.config, **_ONLY_ERRORS}
             config["error_cb"] = self._on_error
             config["on_delivery"] = self._on_delivery
@@ -108,8 +132,11 @@ class QuoteProducer:
             # Broker down, DNS, etc.: librdkafka retries on its own; say so once per event.
             logger.warning("Kafka client error (retrying): %s", error)
 
-    def _on_delivery(self, error: Any, _message: Any) -> None:
+    def _on_delivery(self, error: Any, message: Any) -> None:
         if error is None:
+            return
+        if error.code() == MSG_SIZE_TOO_LARGE:
+            self._too_large(message.key(), len(message.value() or b""), f"the broker refused it: {error.str()}")
             return
         self.failed += 1
         if self.first_error is None:
@@ -128,6 +155,13 @@ class QuoteProducer:
             try:
                 producer.produce(self.topic, value, key, headers=_HEADERS)
                 break
+            except self._kafka_exception as exc:
+                error: Any = exc.args[0] if exc.args else None
+                if error is None or error.code() != MSG_SIZE_TOO_LARGE:
+                    raise
+                self.sent += 1
+                self._too_large(key, len(value), f"the producer refused it: {error.str()}")
+                return
             except BufferError:
                 if self.abort is not None and self.abort.is_set():
                     self.sent += 1
@@ -140,6 +174,27 @@ class QuoteProducer:
                     raise ProducerFatalError(self._fatal) from None
         self.sent += 1
         producer.poll(0)
+
+    def _too_large(self, key: bytes | None, size: int, why: str) -> None:
+        """Count a record Kafka will never take for its size; log the first, then at most one line a minute."""
+        self.too_large += 1
+        now = time.monotonic()
+        if self.too_large == 1:
+            logger.error(
+                "a %d-byte record for %s is too large for topic %s (%s); counted as too_large and skipped, the "
+                "run goes on. Raise the topic's max.message.bytes (and the producer's message.max.bytes in the "
+                "kafka connection's extra) if records this large are expected",
+                size,
+                (key or b"").decode("utf-8", "replace")[:100],
+                self.topic,
+                why,
+            )
+            self._next_too_large_log = now + TOO_LARGE_LOG_INTERVAL_S
+        elif now >= self._next_too_large_log:
+            logger.error(
+                "%d record(s) too large for topic %s so far (latest %d bytes)", self.too_large, self.topic, size
+            )
+            self._next_too_large_log = now + TOO_LARGE_LOG_INTERVAL_S
 
     def poll(self) -> None:
         """Serve delivery callbacks without waiting (call it when idle); raise on a fatal error."""
@@ -157,8 +212,8 @@ class QuoteProducer:
 
     @property
     def delivered(self) -> int:
-        """Records the broker acknowledged: everything sent that neither failed nor is still queued."""
-        return self.sent - self.failed - self.in_flight
+        """Records the broker acknowledged: everything sent that neither failed, was too large, nor is still queued."""
+        return self.sent - self.failed - self.too_large - self.in_flight
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued (up to ``timeout`` s); raise :class:`DeliveryFailed` if anything was lost."""

@@ -17,7 +17,15 @@ from typing import Any
 
 import orjson
 
-from include.quoteflow.quotes import FIELDS, SCHEMA_VERSION, SOURCE, Quote, format_timestamp, split_symbol
+from include.quoteflow.quotes import (
+    FIELDS,
+    MAX_STRING_CHARS,
+    SCHEMA_VERSION,
+    SOURCE,
+    Quote,
+    format_timestamp,
+    split_symbol,
+)
 from include.quoteflow.settings import ConfigError
 from include.quoteflow.tradingview.protocol import Packet, ProtocolError, encode_packet
 
@@ -81,7 +89,7 @@ def new_session_id(prefix: str = "qs_") -> str:
 def _clean(tv_field: str, value: Any) -> Any:
     """A TradingView value as the contract wants it: ``1e+100``, non-finite and wrong types become ``None``."""
     if tv_field in _STRINGS:
-        return value if isinstance(value, str) else None
+        return value[:MAX_STRING_CHARS] if isinstance(value, str) else None
     kind = type(value)
     if (kind is float or kind is int) and -NO_VALUE < value < NO_VALUE:
         return float(value)
@@ -139,6 +147,10 @@ class QuoteSession:
                 raise ValueError(f"symbol {key!r} is not a string")
             if key in self.states:
                 continue
+            if len(key) > MAX_STRING_CHARS:
+                raise ValueError(
+                    f"symbol {key[:60]!r}… is {len(key)} characters long; at most {MAX_STRING_CHARS} are allowed"
+                )
             exchange, ticker = split_symbol(key)  # raises ValueError naming the bad symbol
             state = SymbolState(key, exchange, ticker, key.encode("utf-8"))
             state.identity = {
@@ -155,6 +167,7 @@ class QuoteSession:
         self.session_id = new_session_id()
         self.stats = SessionStats()
         self.outbox: list[str] = []
+        self._capped: set[tuple[str, str]] = set()
 
     @property
     def anonymous(self) -> bool:
@@ -268,6 +281,8 @@ class QuoteSession:
                 value = float(raw) if (raw_type is float or raw_type is int) and -NO_VALUE < raw < NO_VALUE else None
             elif kind == 1:
                 value = raw if type(raw) is str else None
+                if value is not None and len(value) > MAX_STRING_CHARS:
+                    value = self._cap(state, name, value)
             else:
                 if raw == state.lp_time:
                     continue
@@ -281,6 +296,20 @@ class QuoteSession:
         state.last_tick = now
         state.emitted += 1
         return True
+
+    def _cap(self, state: SymbolState, name: str, value: str) -> str:
+        """Cut an overlong feed string to :data:`MAX_STRING_CHARS`; count it, and say so once per symbol and field."""
+        self.stats.errors["string_capped"] += 1
+        if (state.key, name) not in self._capped:
+            self._capped.add((state.key, name))
+            logger.warning(
+                "TradingView sent a %d-character %s for %s; keeping its first %d characters (reported once)",
+                len(value),
+                name,
+                state.key,
+                MAX_STRING_CHARS,
+            )
+        return value[:MAX_STRING_CHARS]
 
 
 def _event_time(lp_time: Any) -> str | None:
