@@ -193,6 +193,7 @@ class LiveView:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+                self._admin = None  # an AdminClient has no close(): dropping it stops its reconnects
         with self._client_lock:
             if self._es is not None:
                 self._es.close()
