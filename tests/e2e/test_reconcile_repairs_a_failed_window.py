@@ -1,7 +1,7 @@
 """An indexer window whose ``index_group`` exhausts its retries under the real scheduler, then the repair.
 
-The fault is real and touches nothing shared but the pipeline's own daily index: a write block
-(``index.blocks.write``) makes Elasticsearch refuse every bulk item with 403
+The fault is real and touches nothing shared but the pipeline's own daily index (near midnight,
+also the next day's): a write block (``index.blocks.write``) makes Elasticsearch refuse every bulk item with 403
 ``cluster_block_exception``, which the bulk writer treats as neither transient nor the document's
 fault, so each try fails at once and nothing is dead-lettered. Then, through Airflow's REST API,
 Kafka and Elasticsearch: every try of that window's ``index_group`` failed, ``finish`` never ran
@@ -31,12 +31,14 @@ RECONCILE_TIMEOUT_S = 420
 TERMINAL = {"success", "failed", "upstream_failed", "skipped", "removed"}
 
 
-def _wait_clear_of_midnight() -> None:
-    """The daily index must stay the same while the block is on: start at least 10 minutes before UTC midnight."""
+def _indices_to_block(es: Elasticsearch, newest: str) -> list[str]:
+    """The daily index in use, and near UTC midnight also the next day's (created now, so the block is in place)."""
     now = datetime.now(UTC)
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    if midnight - now < timedelta(minutes=10):
-        time.sleep((midnight - now).total_seconds() + 30)
+    if (now + timedelta(minutes=15)).date() == now.date():
+        return [newest]
+    tomorrow = f"quotes-tradingview-{(now + timedelta(days=1)):%Y.%m.%d}"
+    es.options(ignore_status=400).indices.create(index=tomorrow)  # 400: it exists already
+    return [newest, tomorrow]
 
 
 def _newest_index(es: Elasticsearch, pipeline) -> str:
@@ -112,12 +114,11 @@ def _overlap(a: dict, b: dict) -> int:
 
 def test_a_window_that_exhausts_its_retries_is_reported_and_repaired_by_reconcile(pipeline) -> None:
     es = Elasticsearch(pipeline.es_url, request_timeout=30)
-    _wait_clear_of_midnight()
-    index = _newest_index(es, pipeline)
-    retries = pipeline.api(f"{DAG}/tasks/index_group")["retries"]
+    indices = _indices_to_block(es, _newest_index(es, pipeline))
+    retries = int(pipeline.api(f"{DAG}/tasks/index_group")["retries"])
 
     blocked_at = time.time() * 1000
-    es.indices.put_settings(index=index, settings={"index.blocks.write": True})
+    es.indices.put_settings(index=",".join(indices), settings={"index.blocks.write": True})
     try:
         run_id = _first_window_to_fail(pipeline, blocked_at)
 
@@ -127,12 +128,12 @@ def test_a_window_that_exhausts_its_retries_is_reported_and_repaired_by_reconcil
 
         groups = wait_until(f"every index_group of {run_id} done", groups_done, FAIL_TIMEOUT_S, interval=1)
     finally:
-        es.indices.put_settings(index=index, settings={"index.blocks.write": None})
+        es.indices.put_settings(index=",".join(indices), settings={"index.blocks.write": None})
     # Read at once: the next window needs several task processes before its finish could commit.
     committed_after_failure = committed(pipeline.kafka_bootstrap, GROUP, pipeline.topic)
 
     plan = _plan(pipeline, run_id)
-    print(f"{run_id} failed against the write block on {index}; its plan: {plan}")
+    print(f"{run_id} failed against the write block on {indices}; its plan: {plan}")
     for ti, ranges in zip(groups, plan, strict=True):
         has_records = any(r["end"] > r["start"] for r in ranges)
         tries = pipeline.api(f"{DAG}/dagRuns/{run_id}/taskInstances/index_group/{ti['map_index']}/tries")[
