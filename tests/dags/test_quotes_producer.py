@@ -83,8 +83,11 @@ def test_dag_test_streams_into_kafka_and_returns_its_summary(dag, feed_server, m
 
 def test_on_kill_flushes_and_returns_within_5_seconds(dag, feed_server, make_topic, kafka_bootstrap,
                                                       fast_tradingview_conn):  # fmt: skip
+    from airflow.dag_processing.dagbag import DagBag
+
     topic = make_topic(1, LOG_APPEND)
-    task = dag.get_task("produce_quotes")
+    # A DAG of its own: on_kill leaves the operator's stop flag set, which must not stop later tests' runs.
+    task = DagBag(dag_folder=str(DAGS / "quotes_producer.py")).dags["quotes_producer"].get_task("produce_quotes")
     context = {"params": {"max_runtime_minutes": 10, "url": feed_server.url, "topic": topic, "symbols": SYMBOLS}}
     result: dict = {}
 
