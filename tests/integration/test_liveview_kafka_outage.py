@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,11 +72,17 @@ def _get(url: str, token: str | None = None) -> Answer:
 
 
 @pytest.fixture
-def own_kafka(tmp_path: Path):
-    """A single-node Kafka of this test's own; ``stop()`` stops it (also done at teardown)."""
+def own_kafka():
+    """A single-node Kafka of this test's own; ``stop()`` stops it (also done at teardown).
+
+    Its state folder is under the project's ``.state/`` rather than pytest's private tmp folder: run as
+    root, scripts/services keeps a state folder the broker's user cannot traverse elsewhere (under
+    QUOTEFLOW_SERVICES_BASE), where nothing would delete it after the test.
+    """
+    state = ROOT / ".state" / f"test-liveview-outage-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
-        "QUOTEFLOW_STATE_DIR": str(tmp_path / "services-state"),
+        "QUOTEFLOW_STATE_DIR": str(state),
         "QUOTEFLOW_KAFKA_PORT": str(_free_port()),
         "QUOTEFLOW_KAFKA_CONTROLLER_PORT": str(_free_port()),
         "QUOTEFLOW_KAFKA_HEAP": "256m",
@@ -100,6 +107,7 @@ def own_kafka(tmp_path: Path):
         if not stopped:
             services("down")
         assert services("status").returncode != 0, "this test's own Kafka is still answering after `down`"
+        shutil.rmtree(state)
 
 
 @pytest.fixture
