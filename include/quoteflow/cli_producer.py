@@ -54,7 +54,11 @@ def register(subparsers: Any) -> None:
 
     produce = subparsers.add_parser("produce", help="stream TradingView quotes into Kafka")
     produce.add_argument("--url", default=TRADINGVIEW_URL)
-    produce.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS), help="comma-separated EXCHANGE:TICKER list")
+    produce.add_argument(
+        "--symbols",
+        default=",".join(DEFAULT_SYMBOLS),
+        help='comma-separated EXCHANGE:TICKER or =JSON specs, e.g. \'={"symbol":"BINANCE:SOLUSDT"},BINANCE:BTCUSDT\'',
+    )
     produce.add_argument("--topic", default=QUOTES_TOPIC)
     produce.add_argument("--bootstrap", metavar="HOST:PORT", help=f"Kafka servers (else {KAFKA_CONN_ID} connection)")
     produce.add_argument("--max-seconds", type=float, help="stop cleanly after N seconds")
@@ -125,7 +129,7 @@ def produce_quotes(args: argparse.Namespace) -> int:
     from include.quoteflow.kafka.producer import DeliveryFailed
     from include.quoteflow.producer import ProducerRun, client_config, run_producer
 
-    symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    symbols = split_symbol_list(args.symbols)
     if args.bootstrap:
         kafka = {"bootstrap.servers": args.bootstrap}
     else:
@@ -176,3 +180,28 @@ def _on_signals(stop: threading.Event) -> None:
 
 if __name__ == "__main__":  # pragma: no cover - use python -m include.quoteflow
     sys.exit("run: python -m include.quoteflow serve-feed|produce ...")
+
+
+def split_symbol_list(text: str) -> list[str]:
+    """Split ``--symbols`` on the commas outside ``=``-JSON specs, whose own commas belong to them."""
+    symbols: list[str] = []
+    depth, in_string, escaped, start = 0, False, False, 0
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            symbols.append(text[start:i])
+            start = i + 1
+    symbols.append(text[start:])
+    return [s.strip() for s in symbols if s.strip()]

@@ -106,3 +106,12 @@ def test_cli_flags_are_the_documented_ones():
     assert (synthetic.synthetic, synthetic.symbols, synthetic.rate) == (True, 50, 1000.0)
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve-feed", "--synthetic", "--replay", "x.jsonl"])  # one feed only
+
+
+def test_symbols_flag_keeps_the_commas_inside_json_specs() -> None:
+    from include.quoteflow.cli_producer import split_symbol_list
+
+    spec = '={"session":"regular","symbol":"BINANCE:SOLUSDT"}'
+    tricky = '={"symbol":"A:B","note":"a,}b\\""}'
+    assert split_symbol_list(f"{spec}, BINANCE:BTCUSDT,,{tricky}") == [spec, "BINANCE:BTCUSDT", tricky]
+    assert split_symbol_list("BINANCE:SOLUSDT,BINANCE:ETHUSDT") == ["BINANCE:SOLUSDT", "BINANCE:ETHUSDT"]
