@@ -255,7 +255,9 @@ def test_the_checker_catches_planted_parse_time_io(fault: str, listener: int, tm
         )
         assert not any("import errors" in p for p in problems), problems  # caught by the spy, not by a crash
     finally:
-        for module in [m for m in sys.modules.values() if getattr(m, "__file__", None) == str(path)]:
+        planted = [key for key, m in list(sys.modules.items()) if getattr(m, "__file__", None) == str(path)]
+        for key in planted:
+            module = sys.modules.pop(key)
             for name in ("consumer", "sock"):
                 if hasattr(module, name):
                     getattr(module, name).close()
