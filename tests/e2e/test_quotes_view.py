@@ -178,7 +178,10 @@ def check_quotes_view(
             again.close()
         finally:
             browser.close()
-    assert len(shown) >= 5, f"the page showed only {len(shown)} new ticks in {FRESHNESS_SAMPLE_S} s"
+    # The replay feed streams several ticks a second per symbol and the page polls every second.
+    assert len(shown) >= FRESHNESS_SAMPLE_S // 2, (
+        f"the page showed only {len(shown)} new ticks in {FRESHNESS_SAMPLE_S} s"
+    )
     records = received_at_ms(kafka_bootstrap, topic, [(p, o) for p, o, _, _ in shown])
     delays = []
     for partition, offset, seen_ms, text in shown:
