@@ -4,7 +4,8 @@ This goes the real way — the API server answers the task's next heartbeat with
 supervisor sends SIGTERM, Airflow's handler calls ``on_kill`` — and reads the task's own log.
 That the flush happened is read back from Kafka, not from the producer's own counters: every
 quote the summary counts delivered must be in the topic, between the task's first log line and
-its summary line. And the task's process (its PID from the task instance) must be gone.
+its summary line — exactly those, as the DAG is paused first so no next run's producer writes
+meanwhile. And the task's process (its PID from the task instance) must be gone.
 Runs last among the e2e tests (file order), because it ends the current producer run.
 """
 
@@ -50,15 +51,40 @@ def _running_producer(pipeline, timeout: float = 120) -> tuple[str, int, int]:
     pytest.fail("no running quotes_producer task instance (with a PID) to stop")
 
 
-def _other_producer_tries(pipeline, run_id: str, try_number: int) -> list[dict]:
-    """Every producer try but ours: (start_date, end_date) of each, to tell whether another one could have written."""
-    others = []
+def _log_path(pipeline, run_id: str, try_number: int):
+    return (
+        pipeline.state_dir
+        / "airflow"
+        / "logs"
+        / "dag_id=quotes_producer"
+        / f"run_id={run_id}"
+        / f"task_id={TASK_ID}"
+        / f"attempt={try_number}.log"
+    )
+
+
+def _producing_spans(pipeline, run_id: str, try_number: int) -> list[tuple[str, float, float | None]]:
+    """(try, first produce possible, summary or None) of every other producer try that got as far as producing.
+
+    A try can append records only after its "producing ..." line and, once ended, before its summary line.
+    """
+    spans = []
     for run in pipeline.api("/api/v2/dags/quotes_producer/dagRuns?order_by=-run_after&limit=50")["dag_runs"]:
         tries = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TASK_ID}/tries")[
             "task_instances"
         ]
-        others += [t for t in tries if (run["dag_run_id"], t["try_number"]) != (run_id, try_number)]
-    return others
+        for t in tries:
+            if (run["dag_run_id"], t["try_number"]) == (run_id, try_number):
+                continue
+            events = _events(_log_path(pipeline, run["dag_run_id"], t["try_number"]))
+            first = next((e for e in events if str(e.get("event")).startswith("producing ")), None)
+            if first is None and t["state"] == "running":  # no line yet: it cannot have produced before now
+                continue
+            last = next((e for e in events if str(e.get("event")).startswith("producer summary")), None)
+            begin = epoch_ms(first["timestamp"]) if first else epoch_ms(t["start_date"] or run["run_after"])
+            end = epoch_ms(last["timestamp"]) if last else (epoch_ms(t["end_date"]) if t["end_date"] else None)
+            spans.append((f"{run['dag_run_id']} try {t['try_number']}", begin, end))
+    return spans
 
 
 def _wait_for_exit(pid: int, started: int, timeout: float) -> bool:
@@ -71,24 +97,21 @@ def _wait_for_exit(pid: int, started: int, timeout: float) -> bool:
     return not alive(pid) or start_time(pid) != started
 
 
-def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline) -> None:
+def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline, request: pytest.FixtureRequest) -> None:
     run_id, try_number, pid = _running_producer(pipeline)
     pid_started = start_time(pid)
     assert pid_started is not None, f"the producer's task process {pid} (from its task instance) is not running"
-    log_path = (
-        pipeline.state_dir
-        / "airflow"
-        / "logs"
-        / "dag_id=quotes_producer"
-        / f"run_id={run_id}"
-        / f"task_id={TASK_ID}"
-        / f"attempt={try_number}.log"
-    )
+    log_path = _log_path(pipeline, run_id, try_number)
     # Let it stream for a moment so there is something in flight to flush.
     deadline = time.monotonic() + 60
     while not any("stats:" in str(e.get("event")) for e in _events(log_path)) and time.monotonic() < deadline:
         time.sleep(2)
 
+    # Paused, the DAG starts no next continuous run while this try still flushes: marking the task failed
+    # ends its run at once, and unpaused the next try was seen producing 0.3 s before this one's summary.
+    airflow_write(pipeline, "PATCH", "/api/v2/dags/quotes_producer", {"is_paused": True})
+    request.addfinalizer(lambda: airflow_write(pipeline, "PATCH", "/api/v2/dags/quotes_producer", {"is_paused": False}))
+    patched_ms = time.time() * 1000
     airflow_write(
         pipeline,
         "PATCH",
@@ -116,7 +139,10 @@ def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline) -> N
         - datetime.fromisoformat(stop["timestamp"].replace("Z", "+00:00"))
     ).total_seconds()
     summary = ast.literal_eval(summary_event["event"].removeprefix("producer summary: "))
-    print(f"on_kill → summary in {took:.2f} s: {summary}")
+    print(
+        f"marked failed → on_kill {(epoch_ms(stop['timestamp']) - patched_ms) / 1000:.1f} s; "
+        f"on_kill → summary {took:.2f} s: {summary}"
+    )
     assert summary["stopped_by"] == "stop_request"
     assert summary["delivery_failures"] == 0
     assert summary["quotes"] == summary["quotes_sent"] > 0
@@ -143,11 +169,9 @@ def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline) -> N
         f"appended during the try ({starts} → {ends}): the flush lost records"
     )
     overlapping = [
-        t
-        for t in _other_producer_tries(pipeline, run_id, try_number)
-        if t["start_date"]
-        and epoch_ms(t["start_date"]) < end_ms
-        and (t["end_date"] is None or epoch_ms(t["end_date"]) > begin_ms)
+        name
+        for name, other_begin, other_end in _producing_spans(pipeline, run_id, try_number)
+        if other_begin < end_ms and (other_end is None or other_end > begin_ms)
     ]
     if not overlapping:  # no other producer try ran meanwhile: every record there is one this summary counted
         assert len(quotes) == summary["quotes"], (
