@@ -22,6 +22,8 @@ def _commands(script: Path) -> list[str]:
 
 
 def test_ci_runs_lint_before_the_suite() -> None:
+    syntax = subprocess.run(["bash", "-n", str(ROOT / ".ci" / "run")], capture_output=True, text=True)
+    assert syntax.returncode == 0, f".ci/run is not valid bash: {syntax.stderr}"
     lines = _commands(ROOT / ".ci" / "run")
     assert "make lint" in lines, ".ci/run must run `make lint`"
     assert "make test" in lines, ".ci/run must run `make test`"
