@@ -15,3 +15,8 @@ COPY requirements.txt constraints.txt /opt/quoteflow/
 # (the recipe of Airflow's "extending the image" docs). Runs as the image's `airflow` user.
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
         -r /opt/quoteflow/requirements.txt -c /opt/quoteflow/constraints.txt
+# The library itself, as the `quoteflow` package with its `quoteflow` command (dependencies are
+# already pinned above). A code change needs `docker compose build`.
+COPY pyproject.toml /opt/quoteflow/
+COPY include/quoteflow /opt/quoteflow/include/quoteflow
+RUN pip install --no-cache-dir --no-deps /opt/quoteflow

@@ -11,13 +11,14 @@ ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "quoteflow needs Python 3.11+; set PYTHON=python3.11 (or newer)")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	@touch $@
 
-venv: $(VENV)/.installed ## create .venv and install the pinned dependencies
+venv: $(VENV)/.installed ## create .venv, install the pinned dependencies and quoteflow itself (editable, with its command)
 
 PLUGIN_ASSETS := plugins/quotes_view/static/vendor/uPlot.iife.min.js
 $(PLUGIN_ASSETS): plugins/quotes_view/package.json plugins/quotes_view/package-lock.json

@@ -31,13 +31,13 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from elasticsearch import Elasticsearch  # noqa: E402
 
-from include.quoteflow.elastic.bulk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_DOCS  # noqa: E402
-from include.quoteflow.elastic.documents import bulk_lines  # noqa: E402
-from include.quoteflow.elastic.template import ensure_template  # noqa: E402
-from include.quoteflow.indexer import index_ranges  # noqa: E402
-from include.quoteflow.kafka.admin import ensure_topic, quotes_topic_spec  # noqa: E402
-from include.quoteflow.kafka.ranges import PartitionRange, consumer_config, read_ranges, watermarks  # noqa: E402
-from include.quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp  # noqa: E402
+from quoteflow.elastic.bulk import DEFAULT_CHUNK_BYTES, DEFAULT_CHUNK_DOCS  # noqa: E402
+from quoteflow.elastic.documents import bulk_lines  # noqa: E402
+from quoteflow.elastic.template import ensure_template  # noqa: E402
+from quoteflow.indexer import index_ranges  # noqa: E402
+from quoteflow.kafka.admin import ensure_topic, quotes_topic_spec  # noqa: E402
+from quoteflow.kafka.ranges import PartitionRange, consumer_config, read_ranges, watermarks  # noqa: E402
+from quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp  # noqa: E402
 
 BOOTSTRAP = "127.0.0.1:9092"
 ES_URL = "http://127.0.0.1:9200"

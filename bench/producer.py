@@ -52,7 +52,7 @@ def _free_port() -> int:
 def _start_feed(packets_per_message: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "include.quoteflow", "--log-level", "WARNING", "serve-feed", "--port", str(port),
+        [sys.executable, "-m", "quoteflow", "--log-level", "WARNING", "serve-feed", "--port", str(port),
          "--synthetic", "--symbols", str(SYMBOL_COUNT), "--rate", "0",
          "--packets-per-message", str(packets_per_message), "--seed", "1"],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True,
@@ -106,7 +106,7 @@ def run_quoteflow(admin, symbols: list[str], packets_per_message: int, seconds: 
     topic = _topic(admin)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.quoteflow", "--log-level", "WARNING", "produce", "--url", url,
+            [sys.executable, "-m", "quoteflow", "--log-level", "WARNING", "produce", "--url", url,
              "--symbols", ",".join(symbols), "--topic", topic, "--bootstrap", BOOTSTRAP,
              "--max-seconds", str(seconds)],
             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True,
@@ -198,7 +198,7 @@ def main() -> int:
 
     from confluent_kafka.admin import AdminClient
 
-    from include.quoteflow.tradingview.feed_server import synthetic_universe
+    from quoteflow.tradingview.feed_server import synthetic_universe
 
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
     symbols = synthetic_universe(SYMBOL_COUNT)

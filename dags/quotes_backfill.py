@@ -17,7 +17,7 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import Param, dag, task
 
-from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
+from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 
 @dag(
@@ -75,9 +75,9 @@ def quotes_backfill():
         from airflow.sdk.exceptions import AirflowFailException
         from elasticsearch import Elasticsearch
 
-        from include.quoteflow.backfill import backfill
-        from include.quoteflow.indexer import parse_bound
-        from include.quoteflow.settings import ConfigError, elasticsearch_client_args, kafka_config
+        from quoteflow.backfill import backfill
+        from quoteflow.indexer import parse_bound
+        from quoteflow.settings import ConfigError, elasticsearch_client_args, kafka_config
 
         try:
             if params["mode"] == "offsets":

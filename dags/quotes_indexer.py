@@ -26,7 +26,7 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
 
-from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
+from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 # Catchup starts here; set it to the deployment time so a fresh install does not replay days of empty windows.
 START_DATE = datetime.fromisoformat(os.environ.get("QUOTEFLOW_INDEXER_START_DATE", "2026-11-28T00:00:00+00:00"))
@@ -80,8 +80,8 @@ def quotes_indexer():
         """The window's offset ranges, split into partition groups."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.quoteflow.indexer import plan_window
-        from include.quoteflow.settings import ConfigError, kafka_config
+        from quoteflow.indexer import plan_window
+        from quoteflow.settings import ConfigError, kafka_config
 
         try:
             return plan_window(
@@ -100,9 +100,9 @@ def quotes_indexer():
         """Index exactly these offset ranges (or dead-letter their bad records)."""
         from elasticsearch import Elasticsearch
 
-        from include.quoteflow.elastic.bulk import RetryPolicy
-        from include.quoteflow.indexer import index_ranges
-        from include.quoteflow.settings import elasticsearch_client_args, kafka_config
+        from quoteflow.elastic.bulk import RetryPolicy
+        from quoteflow.indexer import index_ranges
+        from quoteflow.settings import elasticsearch_client_args, kafka_config
 
         with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
             summary = index_ranges(
@@ -120,8 +120,8 @@ def quotes_indexer():
     @task
     def finish(summaries, data_interval_start=None, data_interval_end=None, params=None) -> dict:
         """Commit the window's offsets (for lag tools) and log its summary line."""
-        from include.quoteflow.indexer import finish_window
-        from include.quoteflow.settings import kafka_config
+        from quoteflow.indexer import finish_window
+        from quoteflow.settings import kafka_config
 
         return finish_window(
             kafka_config(connection_info(KAFKA_CONN_ID).extra),

@@ -35,7 +35,7 @@ from _shared.connections import connection_info
 from _shared.params import topic_param
 from airflow.sdk import BaseOperator, Param, dag
 
-from include.quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
+from quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
 
 
 class QuotesProducerOperator(BaseOperator):
@@ -63,8 +63,8 @@ class QuotesProducerOperator(BaseOperator):
         """Stream until the time limit or a stop request; the summary goes to XCom."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from include.quoteflow.producer import ProducerRun, client_config, feed_url, run_producer
-        from include.quoteflow.settings import ConfigError, kafka_config
+        from quoteflow.producer import ProducerRun, client_config, feed_url, run_producer
+        from quoteflow.settings import ConfigError, kafka_config
 
         params = context["params"]
         if self._stop is None:
@@ -131,7 +131,7 @@ class QuotesProducerOperator(BaseOperator):
             type="string",
             pattern="^wss?://",
             title="Websocket URL",
-            description="TradingView's data socket, or a local feed (python -m include.quoteflow serve-feed).",
+            description="TradingView's data socket, or a local feed (python -m quoteflow serve-feed).",
         ),
     },
 )

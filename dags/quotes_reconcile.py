@@ -17,7 +17,7 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from airflow.sdk import Param, dag, task
 
-from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
+from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 
 @dag(
@@ -52,8 +52,8 @@ def quotes_reconcile():
         """Report (and repair) holes; fail if any remain."""
         from elasticsearch import Elasticsearch
 
-        from include.quoteflow.reconcile import reconcile as run_reconcile
-        from include.quoteflow.settings import elasticsearch_client_args, kafka_config
+        from quoteflow.reconcile import reconcile as run_reconcile
+        from quoteflow.settings import elasticsearch_client_args, kafka_config
 
         with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
             result = run_reconcile(

@@ -21,7 +21,7 @@ from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, topic_param
 from airflow.sdk import Param, dag, task
 
-from include.quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID, KIBANA_CONN_ID
+from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID, KIBANA_CONN_ID
 
 
 @dag(
@@ -78,8 +78,8 @@ def quotes_setup():
     @task
     def kafka_topics(params=None) -> dict:
         """Create or align the quotes and dead-letter topics."""
-        from include.quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
-        from include.quoteflow.settings import kafka_config
+        from quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
+        from quoteflow.settings import kafka_config
 
         admin = admin_client(kafka_config(connection_info(KAFKA_CONN_ID).extra))
         hour_ms = 3600 * 1000
@@ -99,8 +99,8 @@ def quotes_setup():
         """Create or update the `quotes` index template."""
         from elasticsearch import Elasticsearch
 
-        from include.quoteflow.elastic.template import ensure_template
-        from include.quoteflow.settings import elasticsearch_client_args
+        from quoteflow.elastic.template import ensure_template
+        from quoteflow.settings import elasticsearch_client_args
 
         with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
             return ensure_template(es)
@@ -108,7 +108,7 @@ def quotes_setup():
     @task
     def kibana_objects(params=None) -> dict:
         """Data view and saved objects in Kibana, or a logged skip without `kibana_default`."""
-        from include.quoteflow.kibana import setup_kibana
+        from quoteflow.kibana import setup_kibana
 
         info = connection_info(KIBANA_CONN_ID, required=False)
         return setup_kibana(info, timeout_s=float(params["kibana_timeout_s"]))

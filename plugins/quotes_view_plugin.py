@@ -1,6 +1,6 @@
 """Airflow plugin: the live quotes view (``/quotes-view``) and its "Quotes" entry in the UI's navigation.
 
-Thin wiring over ``include.quoteflow.liveview``: this file adds what only Airflow knows — who the
+Thin wiring over ``quoteflow.liveview``: this file adds what only Airflow knows — who the
 user is and what they may see (every route, page and static files included, requires an Airflow user —
 by Bearer token or the UI's ``_token`` cookie, which the browser also sends to the iframe'd page — whom
 the auth manager lets read the runs of ``quotes_producer`` and ``quotes_indexer``, whose data the view
@@ -25,9 +25,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
-from include.quoteflow import settings
-from include.quoteflow.liveview.service import BACKEND_TIMEOUT_S, LiveNames, LiveView
-from include.quoteflow.liveview.web import create_app
+from quoteflow import settings
+from quoteflow.liveview.service import BACKEND_TIMEOUT_S, LiveNames, LiveView
+from quoteflow.liveview.web import create_app
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from include.quoteflow.settings import ConfigError, ConnectionInfo
+from quoteflow.settings import ConfigError, ConnectionInfo
 
 
 def connection_info(conn_id: str, *, required: bool = True) -> ConnectionInfo | None:

@@ -1,8 +1,8 @@
-"""The quoteflow command line: ``python -m include.quoteflow <command> ...``.
+"""The quoteflow command line: ``quoteflow <command> ...`` (or ``python -m quoteflow``).
 
-Producer commands (``serve-feed``, ``produce``) live in :mod:`include.quoteflow.cli_producer`;
+Producer commands (``serve-feed``, ``produce``) live in :mod:`quoteflow.cli_producer`;
 indexer commands (``setup``, ``index``, ``backfill``, ``reconcile``, ``dlq``) in
-:mod:`include.quoteflow.cli_indexer`. Each module exposes ``register(subparsers)``; every
+:mod:`quoteflow.cli_indexer`. Each module exposes ``register(subparsers)``; every
 subcommand sets ``func(args) -> int`` (the exit status) and prints a one-line JSON summary.
 """
 
@@ -12,13 +12,13 @@ import argparse
 import logging
 import sys
 
-from include.quoteflow import cli_indexer, cli_producer
-from include.quoteflow.settings import ConfigError
+from quoteflow import cli_indexer, cli_producer
+from quoteflow.settings import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="python -m include.quoteflow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="quoteflow", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     cli_producer.register(subparsers)

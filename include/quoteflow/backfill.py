@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from include.quoteflow.elastic.bulk import RetryPolicy
-from include.quoteflow.indexer import _close, _epoch_ms, index_ranges
-from include.quoteflow.kafka.ranges import (
+from quoteflow.elastic.bulk import RetryPolicy
+from quoteflow.indexer import _close, _epoch_ms, index_ranges
+from quoteflow.kafka.ranges import (
     PartitionRange,
     RangeUnavailable,
     check_retained,
@@ -25,8 +25,8 @@ from include.quoteflow.kafka.ranges import (
     topic_partitions,
     watermarks,
 )
-from include.quoteflow.quotes import format_timestamp
-from include.quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
+from quoteflow.quotes import format_timestamp
+from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
 
 logger = logging.getLogger(__name__)
 

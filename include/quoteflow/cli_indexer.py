@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from include.quoteflow import settings
-from include.quoteflow.settings import ConfigError
+from quoteflow import settings
+from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _retry(args: argparse.Namespace) -> Any:
-    from include.quoteflow.elastic.bulk import RetryPolicy
+    from quoteflow.elastic.bulk import RetryPolicy
 
     return RetryPolicy(budget_s=args.retry_budget, max_backoff_s=min(10.0, args.retry_budget))
 
@@ -66,10 +66,10 @@ def _reported(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[
     """Run a command; a runtime failure still prints one JSON line (``ok: false``) and exits 1."""
     from confluent_kafka import KafkaException
 
-    from include.quoteflow.elastic.bulk import BulkError
-    from include.quoteflow.kafka.dlq import DeadLetterError
-    from include.quoteflow.kafka.ranges import RangeReadError
-    from include.quoteflow.kibana import KibanaError
+    from quoteflow.elastic.bulk import BulkError
+    from quoteflow.kafka.dlq import DeadLetterError
+    from quoteflow.kafka.ranges import RangeReadError
+    from quoteflow.kibana import KibanaError
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -127,9 +127,9 @@ def register(subparsers: Any) -> None:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     """Create or align topics and the index template; import Kibana objects when kibana_default exists."""
-    from include.quoteflow.elastic.template import ensure_template
-    from include.quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
-    from include.quoteflow.kibana import setup_kibana
+    from quoteflow.elastic.template import ensure_template
+    from quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
+    from quoteflow.kibana import setup_kibana
 
     admin = admin_client(_kafka(args))
     hour_ms = 3600 * 1000
@@ -164,7 +164,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Index one window."""
-    from include.quoteflow.indexer import index_window, parse_bound
+    from quoteflow.indexer import index_window, parse_bound
 
     summary = index_window(
         _kafka(args),
@@ -184,8 +184,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     """Re-index an explicit range."""
-    from include.quoteflow.backfill import backfill
-    from include.quoteflow.indexer import parse_bound
+    from quoteflow.backfill import backfill
+    from quoteflow.indexer import parse_bound
 
     by_offsets = args.from_offset is not None or args.to_offset is not None
     by_time = args.from_time is not None or args.to_time is not None
@@ -219,7 +219,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Compare Kafka with Elasticsearch; exit 1 if holes remain."""
-    from include.quoteflow.reconcile import reconcile
+    from quoteflow.reconcile import reconcile
 
     result = reconcile(
         _kafka(args),
@@ -239,7 +239,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     """List dead letters, or replay them (deduplicated by origin) into the quotes topic."""
-    from include.quoteflow.kafka.dlq import list_dead_letters, replay_dead_letters
+    from quoteflow.kafka.dlq import list_dead_letters, replay_dead_letters
 
     if args.action == "list":
         result = list_dead_letters(_kafka(args), args.dlq_topic, reason=args.reason, limit=args.limit)

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from include.quoteflow.settings import (
+from quoteflow.settings import (
     DEFAULT_SYMBOLS,
     KAFKA_CONN_ID,
     QUOTES_TOPIC,
@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
 
 def serve_feed(args: argparse.Namespace) -> int:
     """Run the local feed server until interrupted."""
-    from include.quoteflow.tradingview.feed_server import FeedConfig, FeedServer, FeedServerError
+    from quoteflow.tradingview.feed_server import FeedConfig, FeedServer, FeedServerError
 
     try:
         config = FeedConfig(
@@ -126,8 +126,8 @@ def serve_feed(args: argparse.Namespace) -> int:
 
 def produce_quotes(args: argparse.Namespace) -> int:
     """Stream quotes to Kafka; print the JSON summary; 0 unless records were lost."""
-    from include.quoteflow.kafka.producer import DeliveryFailed
-    from include.quoteflow.producer import ProducerRun, client_config, run_producer
+    from quoteflow.kafka.producer import DeliveryFailed
+    from quoteflow.producer import ProducerRun, client_config, run_producer
 
     symbols = split_symbol_list(args.symbols)
     if args.bootstrap:
@@ -178,8 +178,8 @@ def _on_signals(stop: threading.Event) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-if __name__ == "__main__":  # pragma: no cover - use python -m include.quoteflow
-    sys.exit("run: python -m include.quoteflow serve-feed|produce ...")
+if __name__ == "__main__":  # pragma: no cover - use python -m quoteflow
+    sys.exit("run: python -m quoteflow serve-feed|produce ...")
 
 
 def split_symbol_list(text: str) -> list[str]:

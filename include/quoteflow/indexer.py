@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from include.quoteflow.elastic.bulk import BulkItem, BulkWriter, RetryPolicy
-from include.quoteflow.elastic.documents import bulk_lines, check_index_prefix
-from include.quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterWriter, origins_since
-from include.quoteflow.kafka.ranges import (
+from quoteflow.elastic.bulk import BulkItem, BulkWriter, RetryPolicy
+from quoteflow.elastic.documents import bulk_lines, check_index_prefix
+from quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterWriter, origins_since
+from quoteflow.kafka.ranges import (
     PartitionRange,
     commit_if_ahead,
     group_ranges,
@@ -30,8 +30,8 @@ from include.quoteflow.kafka.ranges import (
     watermarks,
     window_ranges,
 )
-from include.quoteflow.quotes import InvalidQuote
-from include.quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
+from quoteflow.quotes import InvalidQuote
+from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def parse_bound(text: str) -> datetime:
 
 def check_topic(kafka_config: Mapping[str, Any], topic: str = QUOTES_TOPIC) -> None:
     """Refuse (``TopicConfigError``) unless ``topic`` exists with LogAppendTime timestamps."""
-    from include.quoteflow.kafka.admin import admin_client, require_log_append_time
+    from quoteflow.kafka.admin import admin_client, require_log_append_time
 
     require_log_append_time(admin_client(kafka_config), topic)
 

@@ -10,17 +10,19 @@ pairs written from Kibana's API documentation (``tests/unit/test_kibana_client.p
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from include.quoteflow.settings import DATA_VIEW_ID, INDEX_PATTERN, ConfigError, ConnectionInfo
+from quoteflow.settings import DATA_VIEW_ID, INDEX_PATTERN, ConfigError, ConnectionInfo
 
 logger = logging.getLogger(__name__)
 
-SAVED_OBJECTS_DIR = Path(__file__).resolve().parents[2] / "kibana"
+# The repository's kibana/ folder; an installed package (the Docker image) is told where it is mounted.
+SAVED_OBJECTS_DIR = Path(os.environ.get("QUOTEFLOW_KIBANA_DIR") or Path(__file__).resolve().parents[2] / "kibana")
 COMPARED_KEYS = ("type", "id", "attributes", "references")
 
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from include.quoteflow.kafka.producer import DeliveryFailed, KafkaProducerError, QuoteProducer
-from include.quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
-from include.quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig, TradingViewClient
-from include.quoteflow.tradingview.session import SymbolState
+from quoteflow.kafka.producer import DeliveryFailed, KafkaProducerError, QuoteProducer
+from quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
+from quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig, TradingViewClient
+from quoteflow.tradingview.session import SymbolState
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def check_topic(kafka: Mapping[str, Any], topic: str) -> int | None:
     Returns the topic's ``max.message.bytes`` (``None`` if the broker does not say), so the producer
     can keep its batches under it.
     """
-    from include.quoteflow.kafka.admin import admin_client, describe_topic_config, require_log_append_time
+    from quoteflow.kafka.admin import admin_client, describe_topic_config, require_log_append_time
 
     admin = admin_client(kafka)
     require_log_append_time(admin, topic)
@@ -114,7 +114,7 @@ def check_topic(kafka: Mapping[str, Any], topic: str) -> int | None:
 def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[str, Any]:
     """Stream quotes into Kafka until ``stop`` is set or ``max_seconds`` pass; return the run's summary.
 
-    Raises :class:`~include.quoteflow.kafka.producer.DeliveryFailed` after the final flush if any
+    Raises :class:`~quoteflow.kafka.producer.DeliveryFailed` after the final flush if any
     record was not delivered (the summary is attached as ``exc.summary``).
     """
     stop = stop or threading.Event()

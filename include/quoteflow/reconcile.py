@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from include.quoteflow.backfill import backfill_group
-from include.quoteflow.elastic.bulk import RetryPolicy
-from include.quoteflow.indexer import _close, index_ranges
-from include.quoteflow.kafka.dlq import dead_lettered_offsets
-from include.quoteflow.kafka.ranges import PartitionRange, make_consumer, topic_partitions, watermarks
-from include.quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
+from quoteflow.backfill import backfill_group
+from quoteflow.elastic.bulk import RetryPolicy
+from quoteflow.indexer import _close, index_ranges
+from quoteflow.kafka.dlq import dead_lettered_offsets
+from quoteflow.kafka.ranges import PartitionRange, make_consumer, topic_partitions, watermarks
+from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
 
 logger = logging.getLogger(__name__)
 

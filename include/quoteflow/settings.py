@@ -128,9 +128,9 @@ def elasticsearch_client_args(info: ConnectionInfo) -> dict[str, Any]:
     Supports ``https`` with ``extra.ca_certs`` (a PEM file) and ``extra.verify_certs``, basic auth from
     ``login``/``password`` or ``extra.api_key`` (the encoded key, or ``[id, key]``), and
     ``extra.request_timeout``. The client's node class turns an unverifiable certificate or an HTTP 401
-    into an :class:`~include.quoteflow.elastic.connect.ElasticsearchAccessError` naming this connection.
+    into an :class:`~quoteflow.elastic.connect.ElasticsearchAccessError` naming this connection.
     """
-    from include.quoteflow.elastic.connect import node_class
+    from quoteflow.elastic.connect import node_class
 
     url = elasticsearch_url(info)
     where = f"connection {info.conn_id!r}"

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import index_window
+from quoteflow.elastic.template import ensure_template
+from quoteflow.indexer import index_window
 from tests.dags.dag_support import load_dag, returns, task_states
 from tests.integration.indexer_support import (
     LOG_APPEND,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.quoteflow.elastic.template import ensure_template
+from quoteflow.elastic.template import ensure_template
 from tests.dags.dag_support import load_dag, returns, task_states
 from tests.integration.indexer_support import (
     LOG_APPEND,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from include.quoteflow.tradingview.feed_server import FeedConfig, FeedServer, synthetic_universe
+from quoteflow.tradingview.feed_server import FeedConfig, FeedServer, synthetic_universe
 from tests.integration.producer_helpers import LOG_APPEND, read_topic, volumes_by_symbol
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from include.quoteflow.kafka.admin import describe_topic_config
+from quoteflow.kafka.admin import describe_topic_config
 from tests.dags.dag_support import load_dag, returns, task_states
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from include.quoteflow.liveview.service import epoch_ms
+from quoteflow.liveview.service import epoch_ms
 from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

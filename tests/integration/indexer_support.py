@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from include.quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp
+from quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp
 
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 SYMBOLS = ("BINANCE:SOLUSDT", "BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "COINBASE:ADAUSD", "KRAKEN:XRPUSD")
@@ -108,8 +108,8 @@ def delete_ids(es, prefix: str, ids: list[str]) -> int:
 
 def dead_letters(bootstrap: str, dlq_topic: str) -> list:
     """Every dead letter in ``dlq_topic``."""
-    from include.quoteflow.kafka.dlq import read_dead_letters
-    from include.quoteflow.kafka.ranges import make_consumer
+    from quoteflow.kafka.dlq import read_dead_letters
+    from quoteflow.kafka.ranges import make_consumer
 
     consumer = make_consumer({"bootstrap.servers": bootstrap}, "test-dlq-reader")
     try:
@@ -132,7 +132,7 @@ def committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[i
 
 def expected_docs(topic: str, delivered) -> dict[str, tuple[str, float]]:
     """``{_id: (symbol, price)}`` for the valid quotes among delivered records."""
-    from include.quoteflow.quotes import InvalidQuote, decode_quote
+    from quoteflow.quotes import InvalidQuote, decode_quote
 
     out = {}
     for partition, offset, _key, value in delivered:

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from include.quoteflow.producer import ProducerRun, client_config, run_producer
-from include.quoteflow.tradingview.feed_server import FeedConfig, FeedServer
+from quoteflow.producer import ProducerRun, client_config, run_producer
+from quoteflow.tradingview.feed_server import FeedConfig, FeedServer
 
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 # Intervals short enough that every fault plays out in a few seconds.

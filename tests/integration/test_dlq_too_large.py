@@ -13,10 +13,10 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import index_window
-from include.quoteflow.kafka.admin import describe_topic_config
-from include.quoteflow.kafka.dlq import (
+from quoteflow.elastic.template import ensure_template
+from quoteflow.indexer import index_window
+from quoteflow.kafka.admin import describe_topic_config
+from quoteflow.kafka.dlq import (
     TOO_LARGE,
     TOO_LARGE_KEY_BYTES,
     TOO_LARGE_VALUE_BYTES,
@@ -25,8 +25,8 @@ from include.quoteflow.kafka.dlq import (
     record_batch_bytes,
     replay_dead_letters,
 )
-from include.quoteflow.quotes import SCHEMA_HEADER
-from include.quoteflow.reconcile import reconcile
+from quoteflow.quotes import SCHEMA_HEADER
+from quoteflow.reconcile import reconcile
 from tests.integration.indexer_support import LOG_APPEND, dead_letters, es_sources, produce, quote_value
 
 KEY = b"BINANCE:SOLUSDT"

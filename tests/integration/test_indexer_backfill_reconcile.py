@@ -14,11 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from include.quoteflow.backfill import backfill
-from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import index_window
-from include.quoteflow.kafka.ranges import RangeUnavailable
-from include.quoteflow.reconcile import find_holes
+from quoteflow.backfill import backfill
+from quoteflow.elastic.template import ensure_template
+from quoteflow.indexer import index_window
+from quoteflow.kafka.ranges import RangeUnavailable
+from quoteflow.reconcile import find_holes
 from tests.integration.indexer_support import (
     LOG_APPEND,
     committed,
@@ -88,7 +88,7 @@ def _cli(env, *args: str) -> subprocess.CompletedProcess:
         env["group"],
     ]
     return subprocess.run(
-        [sys.executable, "-m", "include.quoteflow", *args, *common],
+        [sys.executable, "-m", "quoteflow", *args, *common],
         env=environ,
         cwd=ROOT,
         capture_output=True,
@@ -216,7 +216,7 @@ def test_cli_failure_still_prints_one_json_line_and_exits_1(loaded) -> None:
 def test_records_lost_to_retention_are_refused_by_backfill_and_flagged_by_windows(loaded, kafka_admin, caplog) -> None:
     from confluent_kafka import TopicPartition
 
-    from include.quoteflow.indexer import plan_window
+    from quoteflow.indexer import plan_window
 
     topic = loaded["topic"]
     # Delete the head of partition 0 the way retention does: the low watermark moves up.
@@ -230,7 +230,7 @@ def test_records_lost_to_retention_are_refused_by_backfill_and_flagged_by_window
         )
     ok = backfill(loaded["cfg"], loaded["es"], mode="offsets", start=100, end=150, partitions=[0], **_kw(loaded))
     assert ok["read"] == 50
-    with caplog.at_level("WARNING", logger="include.quoteflow.kafka.ranges"):
+    with caplog.at_level("WARNING", logger="quoteflow.kafka.ranges"):
         groups = plan_window(loaded["cfg"], before, loaded["end"], topic=topic)
     assert [r["start"] for g in groups for r in g if r["partition"] == 0] == [100]
     assert "deleted by retention" in caplog.text and f"{topic}[0]" in caplog.text
@@ -266,8 +266,8 @@ def test_reconcile_until_high_finds_and_repairs_records_after_the_last_committed
 def test_dlq_list_and_replay_by_reason_replay_only_that_reason_and_index_it_once(
     kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix
 ) -> None:
-    from include.quoteflow.elastic.template import index_template, quote_mappings
-    from include.quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, watermarks
+    from quoteflow.elastic.template import index_template, quote_mappings
+    from quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, watermarks
 
     ensure_template(es_client)
     # A broken mapping for this test's indices only (currency as a number): every quote is refused as `mapping`.
@@ -337,7 +337,7 @@ def test_setup_repairs_planted_topic_config_drift_and_then_changes_nothing(
 ) -> None:
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
-    from include.quoteflow.kafka.admin import describe_topic_config
+    from quoteflow.kafka.admin import describe_topic_config
 
     topic = f"test.drift.{uuid.uuid4().hex[:8]}"
     dlq = f"{topic}.dlq"
@@ -381,7 +381,7 @@ def test_setup_repairs_planted_topic_config_drift_and_then_changes_nothing(
 
 
 def test_setup_puts_back_a_drifted_index_template_and_then_changes_nothing(es_client, fresh_index_prefix) -> None:
-    from include.quoteflow.elastic.template import index_template
+    from quoteflow.elastic.template import index_template
 
     name = f"test-drift-{uuid.uuid4().hex[:8]}"
     wanted = {**index_template([f"{fresh_index_prefix}*"]), "priority": 300}  # above "quotes" for these indices

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import index_ranges, index_window, plan_window
-from include.quoteflow.kafka.admin import TopicConfigError, ensure_topic, quotes_topic_spec
-from include.quoteflow.kafka.ranges import PartitionRange
+from quoteflow.elastic.template import ensure_template
+from quoteflow.indexer import index_ranges, index_window, plan_window
+from quoteflow.kafka.admin import TopicConfigError, ensure_topic, quotes_topic_spec
+from quoteflow.kafka.ranges import PartitionRange
 from tests.integration.indexer_support import (
     LOG_APPEND,
     committed,
@@ -147,7 +147,7 @@ def test_a_createtime_topic_is_refused_before_any_data_moves(env, make_topic, ka
 
 
 def test_window_in_the_future_is_refused(env) -> None:
-    from include.quoteflow.settings import ConfigError
+    from quoteflow.settings import ConfigError
 
     now = _now()
     with pytest.raises(ConfigError, match="in the future"):
@@ -157,7 +157,7 @@ def test_window_in_the_future_is_refused(env) -> None:
 def test_the_window_summary_lag_is_the_records_appended_after_the_window(env) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
-    from include.quoteflow.indexer import finish_window
+    from quoteflow.indexer import finish_window
 
     topic = env["topic"]
     start = _now()

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from elasticsearch import Elasticsearch
 
-from include.quoteflow.elastic.bulk import ElasticsearchUnavailable, RetryPolicy
-from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import IndexSummary, index_ranges, index_window, plan_window
+from quoteflow.elastic.bulk import ElasticsearchUnavailable, RetryPolicy
+from quoteflow.elastic.template import ensure_template
+from quoteflow.indexer import IndexSummary, index_ranges, index_window, plan_window
 from tests.helpers.services import service_is_up, start_service, stop_service
 from tests.integration.indexer_support import (
     LOG_APPEND,
@@ -58,7 +58,7 @@ def _kw(env) -> dict:
 
 def _cli(env, start: datetime, end: datetime) -> list[str]:
     return [
-        sys.executable, "-m", "include.quoteflow", "index", "--start", start.isoformat(), "--end", end.isoformat(),
+        sys.executable, "-m", "quoteflow", "index", "--start", start.isoformat(), "--end", end.isoformat(),
         "--topic", env["topic"], "--dlq-topic", env["dlq"], "--index-prefix", env["prefix"], "--group", env["group"],
     ]  # fmt: skip
 

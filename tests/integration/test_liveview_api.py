@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from include.quoteflow.elastic.documents import build_document, index_name
-from include.quoteflow.elastic.template import quote_mappings
-from include.quoteflow.quotes import Quote, format_timestamp, split_symbol
+from quoteflow.elastic.documents import build_document, index_name
+from quoteflow.elastic.template import quote_mappings
+from quoteflow.quotes import Quote, format_timestamp, split_symbol
 from tests.integration import liveview_auth_manager as auth_manager
 
 SOL, BTC = "BINANCE:SOLUSDT", "BINANCE:BTCUSDT"
@@ -270,7 +270,7 @@ def test_chart_is_es_buckets_then_the_unindexed_kafka_ticks(client, pipeline_dat
     assert resp.status_code == 200, resp.text
     chart = resp.json()
     assert chart["bucket_s"] == 5 and chart["range_s"] == 900
-    from include.quoteflow.liveview.service import epoch_ms
+    from quoteflow.liveview.service import epoch_ms
 
     buckets: dict[int, tuple[int, float]] = {}
     for quote in pipeline_data["sol"][:SOL_INDEXED]:
@@ -299,7 +299,7 @@ def test_health_reports_lag_dead_letters_and_tick_age(client, pipeline_data) -> 
     }
     assert lag[1]["lag"] == 0 and health["lag_total"] == SOL_RECORDS - SOL_INDEXED
     assert health["dead_letters_last_hour"] == 2
-    from include.quoteflow.liveview.service import epoch_ms
+    from quoteflow.liveview.service import epoch_ms
 
     expected_age = before - epoch_ms(pipeline_data["sol"][-1]["received_at"]) / 1000
     assert expected_age - 1 < health["tick_age_s"][SOL] < expected_age + 5

@@ -26,7 +26,7 @@ from threading import Event, Thread
 
 import pytest
 
-from include.quoteflow.liveview.service import BUSY_STALE_S
+from quoteflow.liveview.service import BUSY_STALE_S
 from scripts import procs
 from tests.helpers.waiting import wait_until
 

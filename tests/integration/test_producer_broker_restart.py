@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from include.quoteflow.producer import ProducerRun, client_config, run_producer
-from include.quoteflow.tradingview.feed_server import synthetic_universe
+from quoteflow.producer import ProducerRun, client_config, run_producer
+from quoteflow.tradingview.feed_server import synthetic_universe
 from tests.helpers.services import service_is_up, start_service, stop_service
 
 from .producer_helpers import FAST_CLIENT, LOG_APPEND, feed, read_topic, volumes_by_symbol

@@ -14,8 +14,8 @@ import time
 import pytest
 import websocket
 
-from include.quoteflow.tradingview.feed_server import synthetic_universe
-from include.quoteflow.tradingview.protocol import decode_message, encode_packet, frame
+from quoteflow.tradingview.feed_server import synthetic_universe
+from quoteflow.tradingview.protocol import decode_message, encode_packet, frame
 
 from .producer_helpers import LOG_APPEND, feed, produce, read_topic, volumes_by_symbol
 
@@ -53,8 +53,8 @@ def test_dropped_connections_reconnect_with_backoff_and_no_duplicates(make_topic
 
 def test_backoff_delays_are_measured_between_connects():
     """Full jitter under a cap, and the server really sees the client wait that long."""
-    from include.quoteflow.producer import client_config
-    from include.quoteflow.tradingview.client import TradingViewClient
+    from quoteflow.producer import client_config
+    from quoteflow.tradingview.client import TradingViewClient
 
     with feed(synthetic_symbols=3, rate=200, packets_per_message=2, drop_after=2, seed=2) as server:
         config = client_config(server.url, SYMBOLS, backoff_initial=0.3, backoff_cap=1.2, poll_interval=0.1)
@@ -72,8 +72,8 @@ def test_backoff_delays_are_measured_between_connects():
 
 def test_backoff_resets_after_a_stable_connection():
     """Connections that stayed up longer than ``stable_after`` restart the backoff from its first step."""
-    from include.quoteflow.producer import client_config
-    from include.quoteflow.tradingview.client import TradingViewClient
+    from quoteflow.producer import client_config
+    from quoteflow.tradingview.client import TradingViewClient
 
     # 4 messages at 10 msg/s keep each connection up ~0.4 s, longer than stable_after=0.2 s.
     with feed(synthetic_symbols=3, rate=20, packets_per_message=2, drop_after=4, seed=4) as server:
@@ -142,7 +142,7 @@ def test_unknown_symbol_is_dropped_once_and_the_others_go_on(make_topic, kafka_b
 
 
 def test_every_symbol_refused_is_a_loud_config_error_not_an_idle_loop(make_topic, kafka_bootstrap):
-    from include.quoteflow.settings import ConfigError
+    from quoteflow.settings import ConfigError
 
     topic = make_topic(1, LOG_APPEND)
     started = time.monotonic()
@@ -269,9 +269,9 @@ def test_rate_limited_handshake_backs_off_long_then_streams(make_topic, kafka_bo
 
 
 def test_handshake_carries_browser_like_headers_and_the_configured_ones():
-    from include.quoteflow.producer import client_config
-    from include.quoteflow.settings import ConnectionInfo
-    from include.quoteflow.tradingview.client import TradingViewClient
+    from quoteflow.producer import client_config
+    from quoteflow.settings import ConnectionInfo
+    from quoteflow.tradingview.client import TradingViewClient
 
     info = ConnectionInfo(
         conn_id="tradingview_default",

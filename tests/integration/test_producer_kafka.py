@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from include.quoteflow.kafka.producer import DeliveryFailed, QuoteProducer
-from include.quoteflow.producer import ProducerRun, client_config, run_producer
-from include.quoteflow.settings import ConfigError
+from quoteflow.kafka.producer import DeliveryFailed, QuoteProducer
+from quoteflow.producer import ProducerRun, client_config, run_producer
+from quoteflow.settings import ConfigError
 
 from .producer_helpers import LOG_APPEND, read_topic
 
@@ -80,7 +80,7 @@ def test_produce_command_exits_0_at_max_seconds_even_with_no_feed(make_topic, ka
         port = sock.getsockname()[1]
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "include.quoteflow", "produce", "--url", f"ws://127.0.0.1:{port}/socket.io/websocket",
+        [sys.executable, "-m", "quoteflow", "produce", "--url", f"ws://127.0.0.1:{port}/socket.io/websocket",
          "--symbols", "BINANCE:SOLUSDT", "--topic", topic, "--bootstrap", kafka_bootstrap, "--max-seconds", "3",
          "--backoff-initial", "0.2", "--backoff-cap", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -96,7 +96,7 @@ def test_produce_command_exits_0_at_max_seconds_even_with_no_feed(make_topic, ka
 def test_produce_command_without_kafka_config_says_what_to_set():
     env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_KAFKA_DEFAULT"}
     proc = subprocess.run(
-        [sys.executable, "-m", "include.quoteflow", "produce", "--url", "ws://127.0.0.1:9", "--max-seconds", "1"],
+        [sys.executable, "-m", "quoteflow", "produce", "--url", "ws://127.0.0.1:9", "--max-seconds", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert proc.returncode == 2
@@ -106,13 +106,13 @@ def test_produce_command_without_kafka_config_says_what_to_set():
 def test_serve_feed_command_serves_the_protocol():
     import websocket
 
-    from include.quoteflow.tradingview.protocol import decode_message, encode_packet
+    from quoteflow.tradingview.protocol import decode_message, encode_packet
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "include.quoteflow", "serve-feed", "--port", str(port), "--synthetic",
+        [sys.executable, "-m", "quoteflow", "serve-feed", "--port", str(port), "--synthetic",
          "--symbols", "3", "--rate", "100", "--heartbeat-interval", "0.5"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -141,14 +141,14 @@ def test_serve_feed_command_serves_the_protocol():
 def test_produce_command_stops_within_5_seconds_of_sigterm_with_everything_flushed(make_topic, kafka_bootstrap):
     import signal
 
-    from include.quoteflow.tradingview.feed_server import synthetic_universe
+    from quoteflow.tradingview.feed_server import synthetic_universe
 
     from .producer_helpers import feed
 
     topic = make_topic(1, LOG_APPEND)
     with feed(synthetic_symbols=3, rate=2000, packets_per_message=10) as server:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.quoteflow", "produce", "--url", server.url,
+            [sys.executable, "-m", "quoteflow", "produce", "--url", server.url,
              "--symbols", ",".join(synthetic_universe(3)), "--topic", topic, "--bootstrap", kafka_bootstrap,
              "--max-seconds", "120"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -203,13 +203,13 @@ def _incompressible(size: int) -> bytes:
 
 
 def _too_large_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "include.quoteflow.kafka.producer"]
+    return [r.getMessage() for r in caplog.records if r.name == "quoteflow.kafka.producer"]
 
 
 def test_a_record_too_large_for_the_topic_is_counted_logged_once_and_the_rest_delivered(
     make_topic, kafka_bootstrap, caplog
 ):
-    from include.quoteflow.producer import check_topic
+    from quoteflow.producer import check_topic
 
     topic = make_topic(1, {**LOG_APPEND, "max.message.bytes": "4096"})
     config = {"bootstrap.servers": kafka_bootstrap}
@@ -217,7 +217,7 @@ def test_a_record_too_large_for_the_topic_is_counted_logged_once_and_the_rest_de
     assert topic_max == 4096
     producer = QuoteProducer(config, topic, topic_max_bytes=topic_max).open()
     expected = []
-    with caplog.at_level(logging.INFO, logger="include.quoteflow"):
+    with caplog.at_level(logging.INFO, logger="quoteflow"):
         for i in range(1500):
             value = _incompressible(3400 if i % 100 == 7 else 300)  # near the limit, yet under it
             producer.send(b"BINANCE:SOLUSDT", value)
@@ -237,7 +237,7 @@ def test_a_batch_the_broker_refuses_for_size_is_counted_not_raised(make_topic, k
     """Without the topic's limit, librdkafka batches past it and the broker refuses: counted, never a crash."""
     topic = make_topic(1, {**LOG_APPEND, "max.message.bytes": "4096"})
     producer = QuoteProducer({"bootstrap.servers": kafka_bootstrap}, topic).open()
-    with caplog.at_level(logging.INFO, logger="include.quoteflow"):
+    with caplog.at_level(logging.INFO, logger="quoteflow"):
         producer.send(b"BINANCE:SOLUSDT", _incompressible(8000))
         producer.close(20)  # the broker's MSG_SIZE_TOO_LARGE arrives in the delivery report
         after = QuoteProducer({"bootstrap.servers": kafka_bootstrap}, topic).open()

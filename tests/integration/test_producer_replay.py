@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from include.quoteflow.quotes import validate_quote
-from include.quoteflow.tradingview.protocol import encode_packet
+from quoteflow.quotes import validate_quote
+from quoteflow.tradingview.protocol import encode_packet
 
 from .producer_helpers import LOG_APPEND, feed, read_topic
 
@@ -78,7 +78,7 @@ def test_replay_through_produce_command_gives_the_merged_snapshots(tmp_path, mak
     record = tmp_path / "recorded.jsonl"
     with feed(replay=_replay_file(tmp_path), speed=0, heartbeat_interval=0.3) as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "include.quoteflow", "produce", "--url", server.url,
+            [sys.executable, "-m", "quoteflow", "produce", "--url", server.url,
              "--symbols", ",".join(SYMBOLS), "--topic", topic, "--bootstrap", kafka_bootstrap,
              "--max-seconds", "2.5", "--record", str(record)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import orjson
 
-from include.quoteflow.elastic.template import ensure_template
-from include.quoteflow.indexer import index_ranges
-from include.quoteflow.kafka.ranges import PartitionRange
-from include.quoteflow.quotes import validate_quote
+from quoteflow.elastic.template import ensure_template
+from quoteflow.indexer import index_ranges
+from quoteflow.kafka.ranges import PartitionRange
+from quoteflow.quotes import validate_quote
 
 from .indexer_support import es_sources
 from .producer_helpers import LOG_APPEND, feed, produce, read_topic

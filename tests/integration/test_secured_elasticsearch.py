@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from include.quoteflow.elastic.connect import ElasticsearchAccessError
-from include.quoteflow.liveview.service import LiveNames, LiveView
-from include.quoteflow.settings import connection_from_env, elasticsearch_client_args
+from quoteflow.elastic.connect import ElasticsearchAccessError
+from quoteflow.liveview.service import LiveNames, LiveView
+from quoteflow.settings import connection_from_env, elasticsearch_client_args
 from tests.helpers.tls_proxy import CertificateAuthority, TlsProxy, make_ca
 from tests.integration.indexer_support import LOG_APPEND, es_count, produce, quote_value
 
@@ -59,14 +59,14 @@ def es_connection(proxy: TlsProxy, auth: str, *, ca_certs: Path | None, password
 
 
 def cli(es_conn: str, kafka_bootstrap: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python -m include.quoteflow <args>`` with the connections in its environment (never its argv)."""
+    """``python -m quoteflow <args>`` with the connections in its environment (never its argv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
     env["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = es_conn
     env["AIRFLOW_CONN_KAFKA_DEFAULT"] = json.dumps(
         {"conn_type": "kafka", "extra": {"bootstrap.servers": kafka_bootstrap}}
     )
     return subprocess.run(
-        [sys.executable, "-m", "include.quoteflow", *args],
+        [sys.executable, "-m", "quoteflow", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

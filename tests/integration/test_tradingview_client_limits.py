@@ -18,17 +18,17 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from include.quoteflow.producer import client_config, feed_url
-from include.quoteflow.settings import TRADINGVIEW_URL, ConnectionInfo
-from include.quoteflow.tradingview.client import TradingViewClient
-from include.quoteflow.tradingview.protocol import (
+from quoteflow.producer import client_config, feed_url
+from quoteflow.settings import TRADINGVIEW_URL, ConnectionInfo
+from quoteflow.tradingview.client import TradingViewClient
+from quoteflow.tradingview.protocol import (
     MALFORMED_LOGGED,
     MAX_MALFORMED_PER_MESSAGE,
     decode_message,
     encode_packet,
     frame,
 )
-from include.quoteflow.tradingview.session import ANONYMOUS_TOKEN
+from quoteflow.tradingview.session import ANONYMOUS_TOKEN
 
 SYMBOL = "BINANCE:SOLUSDT"
 FAST = {"poll_interval": 0.1, "watchdog_timeout": 5.0, "backoff_initial": 0.1, "backoff_cap": 0.3}
@@ -111,8 +111,8 @@ def run_client(
 
 @pytest.fixture
 def quoteflow_warnings(caplog) -> Iterator[Callable[[], list[logging.LogRecord]]]:
-    with caplog.at_level(logging.INFO, logger="include.quoteflow"):
-        yield lambda: [r for r in caplog.records if r.name.startswith("include.quoteflow") and r.levelno >= 30]
+    with caplog.at_level(logging.INFO, logger="quoteflow"):
+        yield lambda: [r for r in caplog.records if r.name.startswith("quoteflow") and r.levelno >= 30]
 
 
 # -------------------------------------------------------------- item 8: floods and fragments

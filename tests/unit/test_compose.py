@@ -303,6 +303,8 @@ def test_build_context_holds_the_dependency_files_and_no_secrets(raw_compose: di
         return verdict
 
     assert included("requirements.txt") and included("constraints.txt")
+    assert included("pyproject.toml") and included("include/quoteflow/settings.py")
+    assert not included("include/quoteflow/__pycache__/settings.cpython-311.pyc")
     assert not any(included(p) for p in (".env", ".venv", ".state", ".git", "dags"))
     assert raw_compose["x-airflow-common"]["build"] == "."
 
@@ -313,7 +315,7 @@ def test_build_context_holds_the_dependency_files_and_no_secrets(raw_compose: di
 def test_connections_parse_as_airflow_connections(services: dict[str, Any], filled_env: dict[str, str]) -> None:
     from airflow.models.connection import Connection
 
-    from include.quoteflow.settings import connection_from_env, elasticsearch_client_args, kafka_config
+    from quoteflow.settings import connection_from_env, elasticsearch_client_args, kafka_config
 
     for name in AIRFLOW_SERVICES:
         env = environment(services[name])
@@ -441,10 +443,10 @@ def test_airflow_runs_local_executor_with_project_mounts(services: dict[str, Any
         assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("@postgres/airflow")
-        assert env["PYTHONPATH"] == "/opt/airflow"
+        assert env["QUOTEFLOW_KIBANA_DIR"] == "/opt/airflow/kibana"
         assert datetime.fromisoformat(env["QUOTEFLOW_INDEXER_START_DATE"]).tzinfo is not None
         mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
-        for folder in ("dags", "include", "plugins", "kibana"):
+        for folder in ("dags", "plugins", "kibana"):
             assert mounts[f"/opt/airflow/{folder}"] == f"./{folder}", f"{name} does not mount {folder}/"
             assert (ROOT / folder).is_dir()
     commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES}

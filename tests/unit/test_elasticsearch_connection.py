@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from include.quoteflow.elastic.connect import CheckedNode
-from include.quoteflow.settings import ConfigError, ConnectionInfo, elasticsearch_client_args
+from quoteflow.elastic.connect import CheckedNode
+from quoteflow.settings import ConfigError, ConnectionInfo, elasticsearch_client_args
 
 
 def conn(**fields) -> ConnectionInfo:

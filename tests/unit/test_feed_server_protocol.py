@@ -15,8 +15,8 @@ from typing import Any
 
 import websocket
 
-from include.quoteflow.tradingview.feed_server import FeedConfig, FeedServer, instrument_of
-from include.quoteflow.tradingview.protocol import HEARTBEAT, Packet, decode_message, encode_packet, frame
+from quoteflow.tradingview.feed_server import FeedConfig, FeedServer, instrument_of
+from quoteflow.tradingview.protocol import HEARTBEAT, Packet, decode_message, encode_packet, frame
 
 SOL = "BINANCE:SOLUSDT"
 BTC = "BINANCE:BTCUSDT"

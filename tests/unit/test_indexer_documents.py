@@ -7,13 +7,13 @@ import random
 import orjson
 import pytest
 
-from include.quoteflow.elastic.bulk import RetryPolicy
-from include.quoteflow.elastic.documents import build_document, bulk_lines, check_index_prefix, document_id, index_name
-from include.quoteflow.elastic.template import _comparable, index_template, quote_mappings
-from include.quoteflow.indexer import IndexSummary, parse_bound
-from include.quoteflow.kafka.ranges import PartitionRange, group_ranges
-from include.quoteflow.quotes import FIELDS, InvalidQuote, Quote
-from include.quoteflow.settings import ConfigError
+from quoteflow.elastic.bulk import RetryPolicy
+from quoteflow.elastic.documents import build_document, bulk_lines, check_index_prefix, document_id, index_name
+from quoteflow.elastic.template import _comparable, index_template, quote_mappings
+from quoteflow.indexer import IndexSummary, parse_bound
+from quoteflow.kafka.ranges import PartitionRange, group_ranges
+from quoteflow.quotes import FIELDS, InvalidQuote, Quote
+from quoteflow.settings import ConfigError
 
 
 def _quote(**overrides) -> Quote:
@@ -167,8 +167,8 @@ def _variants() -> list[bytes | None]:
 
 @pytest.mark.parametrize("raw", _variants())
 def test_fast_decode_agrees_with_the_contract_validator(raw: bytes | None) -> None:
-    from include.quoteflow.elastic.documents import fast_decode
-    from include.quoteflow.quotes import decode_quote
+    from quoteflow.elastic.documents import fast_decode
+    from quoteflow.quotes import decode_quote
 
     try:
         expected = decode_quote(raw)
@@ -181,15 +181,15 @@ def test_fast_decode_agrees_with_the_contract_validator(raw: bytes | None) -> No
 
 
 def test_kafka_time_matches_format_timestamp() -> None:
-    from include.quoteflow.elastic.documents import kafka_time
-    from include.quoteflow.quotes import format_timestamp
+    from quoteflow.elastic.documents import kafka_time
+    from quoteflow.quotes import format_timestamp
 
     for ms in (0, 1, 999, 1_764_298_801_250, 1_764_298_801_999, 1_764_298_802_000):
         assert kafka_time(ms) == format_timestamp(ms / 1000, milliseconds=True)
 
 
 def test_a_dead_letter_that_fits_is_written_whole_and_one_that_does_not_as_a_too_large_excerpt() -> None:
-    from include.quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterError, fit_letter, record_batch_bytes
+    from quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterError, fit_letter, record_batch_bytes
 
     small = DeadLetterDraft(b"K", b'{"a"', "quotes.tradingview", 2, 77, "invalid_json", "bad", 0)
     key, value, headers = fit_letter(small, 2000)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from include.quoteflow.kibana import KibanaClient, KibanaError, KibanaUnavailable, read_saved_objects, setup_kibana
-from include.quoteflow.settings import ConnectionInfo
+from quoteflow.kibana import KibanaClient, KibanaError, KibanaUnavailable, read_saved_objects, setup_kibana
+from quoteflow.settings import ConnectionInfo
 
 STATUS_AVAILABLE = {
     "name": "kibana",

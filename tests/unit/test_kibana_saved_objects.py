@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from include.quoteflow.elastic.template import quote_mappings
-from include.quoteflow.kibana import read_saved_objects
-from include.quoteflow.settings import DATA_VIEW_ID, INDEX_PATTERN
+from quoteflow.elastic.template import quote_mappings
+from quoteflow.kibana import read_saved_objects
+from quoteflow.settings import DATA_VIEW_ID, INDEX_PATTERN
 
 JSON_STRING_ATTRIBUTES = ("visState", "uiStateJSON", "panelsJSON", "optionsJSON")
 

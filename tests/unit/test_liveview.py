@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from include.quoteflow.liveview.elastic_view import bucket_interval_s
-from include.quoteflow.liveview.kafka_view import TailRecord
-from include.quoteflow.liveview.service import (
+from quoteflow.liveview.elastic_view import bucket_interval_s
+from quoteflow.liveview.kafka_view import TailRecord
+from quoteflow.liveview.service import (
     BACKEND_TIMEOUT_S,
     BackendUnavailable,
     KafkaBusy,

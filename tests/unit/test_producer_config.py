@@ -6,11 +6,11 @@ import argparse
 
 import pytest
 
-from include.quoteflow.cli_producer import register
-from include.quoteflow.kafka.producer import QuoteProducer, producer_config
-from include.quoteflow.producer import ProducerRun, client_config
-from include.quoteflow.settings import ConfigError, ConnectionInfo
-from include.quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig
+from quoteflow.cli_producer import register
+from quoteflow.kafka.producer import QuoteProducer, producer_config
+from quoteflow.producer import ProducerRun, client_config
+from quoteflow.settings import ConfigError, ConnectionInfo
+from quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig
 
 
 def test_producer_config_is_idempotent_batched_and_keeps_overrides():
@@ -109,7 +109,7 @@ def test_cli_flags_are_the_documented_ones():
 
 
 def test_symbols_flag_keeps_the_commas_inside_json_specs() -> None:
-    from include.quoteflow.cli_producer import split_symbol_list
+    from quoteflow.cli_producer import split_symbol_list
 
     spec = '={"session":"regular","symbol":"BINANCE:SOLUSDT"}'
     tricky = '={"symbol":"A:B","note":"a,}b\\""}'

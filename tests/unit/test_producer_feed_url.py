@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from include.quoteflow.producer import client_config, feed_url
-from include.quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
-from include.quoteflow.tradingview.client import ClientConfig
+from quoteflow.producer import client_config, feed_url
+from quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
+from quoteflow.tradingview.client import ClientConfig
 
 LOCAL = "ws://127.0.0.1:28765/socket.io/websocket"
 

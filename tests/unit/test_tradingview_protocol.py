@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from include.quoteflow.tradingview.protocol import (
+from quoteflow.tradingview.protocol import (
     FAST_PATH_MAX_PACKETS,
     HEARTBEAT,
     HELLO,

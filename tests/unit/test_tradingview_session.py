@@ -8,10 +8,10 @@ import random
 import orjson
 import pytest
 
-from include.quoteflow.quotes import MAX_STRING_CHARS, Quote, validate_quote
-from include.quoteflow.tradingview.client import backoff_delay
-from include.quoteflow.tradingview.protocol import decode_message, encode_packet
-from include.quoteflow.tradingview.session import (
+from quoteflow.quotes import MAX_STRING_CHARS, Quote, validate_quote
+from quoteflow.tradingview.client import backoff_delay
+from quoteflow.tradingview.protocol import decode_message, encode_packet
+from quoteflow.tradingview.session import (
     ANONYMOUS_TOKEN,
     QUOTE_FIELDS,
     AuthTokenRejected,
@@ -192,7 +192,7 @@ def test_backoff_is_full_jitter_and_capped():
 
 
 def test_delayed_feeds_are_flagged_per_symbol():
-    from include.quoteflow.tradingview.client import ClientConfig, TradingViewClient
+    from quoteflow.tradingview.client import ClientConfig, TradingViewClient
 
     client = TradingViewClient(
         ClientConfig(url="ws://127.0.0.1:1", symbols=["TVC:NDX", "BINANCE:SOLUSDT", "NYSE:X"]),

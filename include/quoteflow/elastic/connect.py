@@ -7,7 +7,7 @@ that names neither the connection nor the setting. The node class made here turn
 error, so neither the client's retries nor the indexer's retry budget delay it. TLS trouble that
 can be passing (a reset or truncated handshake while a proxy restarts) stays a ``TlsError``.
 
-:func:`include.quoteflow.settings.elasticsearch_client_args` passes this node class, so every
+:func:`quoteflow.settings.elasticsearch_client_args` passes this node class, so every
 ``Elasticsearch(**elasticsearch_client_args(info))`` gets it.
 """
 
@@ -21,7 +21,7 @@ from elastic_transport import HttpHeaders, TlsError, Urllib3HttpNode
 from elastic_transport._node import NodeApiResponse  # the node interface's return type (not re-exported)
 from elastic_transport.client_utils import DEFAULT, DefaultType
 
-from include.quoteflow.settings import ConfigError
+from quoteflow.settings import ConfigError
 
 
 class ElasticsearchAccessError(ConfigError):

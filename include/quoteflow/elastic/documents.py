@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from include.quoteflow.quotes import (
+from quoteflow.quotes import (
     FIELDS,
     NUMBER_FIELDS_NULLABLE,
     SCHEMA_VERSION,
@@ -25,7 +25,7 @@ from include.quoteflow.quotes import (
     decode_quote,
     format_timestamp,
 )
-from include.quoteflow.settings import INDEX_PREFIX, ConfigError
+from quoteflow.settings import INDEX_PREFIX, ConfigError
 
 _INDEX_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
 _FIELD_SET = frozenset(FIELDS)

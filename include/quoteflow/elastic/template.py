@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from include.quoteflow.quotes import NUMBER_FIELDS_NULLABLE
-from include.quoteflow.settings import INDEX_PATTERN, TEMPLATE_NAME
+from quoteflow.quotes import NUMBER_FIELDS_NULLABLE
+from quoteflow.settings import INDEX_PATTERN, TEMPLATE_NAME
 
 logger = logging.getLogger(__name__)
 

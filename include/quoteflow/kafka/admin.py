@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.quoteflow.settings import ConfigError
+from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +162,12 @@ def ensure_topic(admin: Any, spec: TopicSpec) -> TopicResult:
 def require_log_append_time(admin: Any, topic: str) -> None:
     """Raise :class:`TopicConfigError` unless ``topic`` exists and uses LogAppendTime timestamps."""
     if _topic_partitions(admin, topic) is None:
-        raise TopicConfigError(
-            f"topic {topic!r} does not exist; run `python -m include.quoteflow setup` (or quotes_setup)"
-        )
+        raise TopicConfigError(f"topic {topic!r} does not exist; run `python -m quoteflow setup` (or quotes_setup)")
     value = describe_topic_config(admin, topic).get(TIMESTAMP_TYPE_KEY)
     if value != LOG_APPEND_TIME:
         raise TopicConfigError(
             f"topic {topic!r} has {TIMESTAMP_TYPE_KEY}={value}; the indexer maps time windows to offsets and needs "
-            f"{LOG_APPEND_TIME}. Fix: run the quotes_setup DAG (or `python -m include.quoteflow setup`), or "
+            f"{LOG_APPEND_TIME}. Fix: run the quotes_setup DAG (or `python -m quoteflow setup`), or "
             f"kafka-configs --alter --entity-type topics --entity-name {topic} "
             f"--add-config {TIMESTAMP_TYPE_KEY}={LOG_APPEND_TIME}"
         )

@@ -210,7 +210,7 @@ class DeadLetterWriter:
     def _topic_limit(self) -> int:
         from confluent_kafka import KafkaException
 
-        from include.quoteflow.kafka.admin import admin_client, describe_topic_config
+        from quoteflow.kafka.admin import admin_client, describe_topic_config
 
         try:
             value = describe_topic_config(admin_client(self._source_config), self.topic).get("max.message.bytes")
@@ -360,7 +360,7 @@ def to_dead_letter(msg: Any) -> DeadLetter:
 
 def read_dead_letters(consumer: Any, topic: str) -> Iterator[DeadLetter]:
     """Every dead letter currently in ``topic`` (low → high watermark of each partition)."""
-    from include.quoteflow.kafka.ranges import PartitionRange, read_ranges, topic_partitions, watermarks
+    from quoteflow.kafka.ranges import PartitionRange, read_ranges, topic_partitions, watermarks
 
     ranges = []
     for p in topic_partitions(consumer, topic):
@@ -373,7 +373,7 @@ def read_dead_letters(consumer: Any, topic: str) -> Iterator[DeadLetter]:
 
 def origins_since(consumer: Any, dlq_topic: str, since_ms: int) -> set[tuple[str, int, int]]:
     """Origins ``(topic, partition, offset)`` of the dead letters written to ``dlq_topic`` since ``since_ms``."""
-    from include.quoteflow.kafka.ranges import PartitionRange, offsets_at, read_ranges, topic_partitions, watermarks
+    from quoteflow.kafka.ranges import PartitionRange, offsets_at, read_ranges, topic_partitions, watermarks
 
     parts = topic_partitions(consumer, dlq_topic)
     starts = offsets_at(consumer, dlq_topic, parts, max(0, since_ms))
@@ -399,7 +399,7 @@ def list_dead_letters(
     config: Mapping[str, Any], dlq_topic: str, *, reason: str | None = None, limit: int = 50
 ) -> dict[str, Any]:
     """Count dead letters by reason and show up to ``limit`` of them (newest origin wins per duplicate)."""
-    from include.quoteflow.kafka.ranges import make_consumer
+    from quoteflow.kafka.ranges import make_consumer
 
     consumer = make_consumer(config, "quoteflow-dlq-list")
     try:
@@ -448,7 +448,7 @@ def replay_dead_letters(
     """
     from confluent_kafka import Producer, TopicPartition
 
-    from include.quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, topic_partitions, watermarks
+    from quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, topic_partitions, watermarks
 
     consumer = make_consumer(config, group_id)
     pointers: dict[str, Any] = {}  # reason → a consumer of that reason's group (for its committed offsets)

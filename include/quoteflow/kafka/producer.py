@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from include.quoteflow.quotes import SCHEMA_HEADER
-from include.quoteflow.settings import ConfigError
+from quoteflow.quotes import SCHEMA_HEADER
+from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from include.quoteflow.settings import ConfigError
+from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def topic_partitions(consumer: Any, topic: str, timeout_s: float = METADATA_TIME
     meta = consumer.list_topics(topic=topic, timeout=timeout_s)
     info = meta.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
-        raise ConfigError(f"topic {topic!r} does not exist; run `python -m include.quoteflow setup` (or quotes_setup)")
+        raise ConfigError(f"topic {topic!r} does not exist; run `python -m quoteflow setup` (or quotes_setup)")
     return sorted(info.partitions)
 
 

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from include.quoteflow.kafka.ranges import offsets_at, topic_partitions, watermarks
-from include.quoteflow.quotes import InvalidQuote, decode_quote
+from quoteflow.kafka.ranges import offsets_at, topic_partitions, watermarks
+from quoteflow.quotes import InvalidQuote, decode_quote
 
 logger = logging.getLogger(__name__)
 

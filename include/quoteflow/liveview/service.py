@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaException
 from elastic_transport import TransportError
 
-from include.quoteflow.kafka.ranges import RangeReadError
-from include.quoteflow.liveview import elastic_view, kafka_view
-from include.quoteflow.settings import (
+from quoteflow.kafka.ranges import RangeReadError
+from quoteflow.liveview import elastic_view, kafka_view
+from quoteflow.settings import (
     CONSUMER_GROUP,
     DEFAULT_SYMBOLS,
     DLQ_TOPIC,

@@ -20,9 +20,9 @@ from elasticsearch import ApiError
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse
 
-from include.quoteflow.liveview.kafka_view import KafkaViewError
-from include.quoteflow.liveview.service import BackendUnavailable, LiveNames, LiveView, parse_range
-from include.quoteflow.settings import ConfigError
+from quoteflow.liveview.kafka_view import KafkaViewError
+from quoteflow.liveview.service import BackendUnavailable, LiveNames, LiveView, parse_range
+from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 

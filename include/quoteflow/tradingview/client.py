@@ -22,9 +22,9 @@ import orjson
 import websocket
 from websocket._url import parse_url  # what websocket-client itself connects to
 
-from include.quoteflow.quotes import format_timestamp
-from include.quoteflow.settings import ConfigError
-from include.quoteflow.tradingview.protocol import (
+from quoteflow.quotes import format_timestamp
+from quoteflow.settings import ConfigError
+from quoteflow.tradingview.protocol import (
     EXCERPT_CHARS,
     HELLO,
     MALFORMED_LOGGED,
@@ -37,7 +37,7 @@ from include.quoteflow.tradingview.protocol import (
     parse_payload,
     split_packets,
 )
-from include.quoteflow.tradingview.session import AuthTokenRejected, QuoteSession, SessionError, SymbolState
+from quoteflow.tradingview.session import AuthTokenRejected, QuoteSession, SessionError, SymbolState
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class TradingViewClient:
     """Streams quotes for a fixed symbol list until stopped or a deadline passes.
 
     ``on_quote(state, received_at)`` is called with each changed snapshot (a
-    :class:`~include.quoteflow.tradingview.session.SymbolState`; ``state.to_quote(received_at)`` is
+    :class:`~quoteflow.tradingview.session.SymbolState`; ``state.to_quote(received_at)`` is
     the Quote record, ``state.to_json(received_at)`` its Kafka value).
     """
 

@@ -35,8 +35,8 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from include.quoteflow.settings import DEFAULT_SYMBOLS
-from include.quoteflow.tradingview.protocol import (
+from quoteflow.settings import DEFAULT_SYMBOLS
+from quoteflow.tradingview.protocol import (
     HEARTBEAT,
     MESSAGE,
     MalformedPacket,
@@ -45,7 +45,7 @@ from include.quoteflow.tradingview.protocol import (
     frame,
     split_packets,
 )
-from include.quoteflow.tradingview.session import ANONYMOUS_TOKEN
+from quoteflow.tradingview.session import ANONYMOUS_TOKEN
 
 logger = logging.getLogger(__name__)
 

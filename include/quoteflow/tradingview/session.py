@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from include.quoteflow.quotes import (
+from quoteflow.quotes import (
     FIELDS,
     MAX_STRING_CHARS,
     SCHEMA_VERSION,
@@ -26,8 +26,8 @@ from include.quoteflow.quotes import (
     format_timestamp,
     split_symbol,
 )
-from include.quoteflow.settings import ConfigError
-from include.quoteflow.tradingview.protocol import Packet, ProtocolError, encode_packet
+from quoteflow.settings import ConfigError
+from quoteflow.tradingview.protocol import Packet, ProtocolError, encode_packet
 
 logger = logging.getLogger(__name__)
 _dumps = orjson.dumps
