@@ -45,10 +45,12 @@ FIELDS = (
     "event_time",
     "received_at",
 )
-_FIELD_SET = frozenset(FIELDS)
+# The one definition of the field set and of the timestamp shape; the indexer's quick path
+# (``elastic.documents.fast_decode``) checks against these same objects.
+FIELD_SET = frozenset(FIELDS)
 
 # RFC 3339 in UTC, as this module writes it: seconds, optional fraction, "Z".
-_RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
+RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 
 
 class InvalidQuote(ValueError):
@@ -125,7 +127,7 @@ def format_timestamp(epoch_seconds: float, *, milliseconds: bool = False) -> str
 
 def parse_timestamp(text: str) -> datetime:
     """RFC 3339 UTC (as written by :func:`format_timestamp`) → aware ``datetime``."""
-    if not _RFC3339_UTC.match(text):
+    if not RFC3339_UTC.match(text):
         raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp ending in 'Z'")
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -138,7 +140,7 @@ def validate_quote(data: Any) -> dict[str, Any]:
     """Check a decoded value against Quote v1 and return it; raise :class:`InvalidQuote` (reason ``schema``)."""
     if not isinstance(data, dict):
         raise InvalidQuote("schema", f"value is a JSON {type(data).__name__}, not an object")
-    unknown = sorted(set(data) - _FIELD_SET)
+    unknown = sorted(set(data) - FIELD_SET)
     if unknown:
         raise InvalidQuote("schema", f"unknown field(s): {', '.join(unknown)}")
     missing = [name for name in FIELDS if name not in data]

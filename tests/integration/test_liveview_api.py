@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from quoteflow.elastic.documents import build_document, index_name
+from quoteflow.elastic.documents import bulk_lines
 from quoteflow.elastic.template import quote_mappings
 from quoteflow.quotes import Quote, format_timestamp, split_symbol
 from tests.integration import liveview_auth_manager as auth_manager
@@ -116,10 +116,11 @@ def pipeline_data(kafka_bootstrap, make_topic, es_client, fresh_index_prefix, mo
     indexed = [m for _, m in sol[:SOL_INDEXED]] + [m for _, m in btc]
     docs = []
     for msg in indexed:
-        doc = build_document(json.loads(msg.value()), topic, msg.partition(), msg.offset(), msg.timestamp()[1])
-        docs.append(
-            (index_name(fresh_index_prefix, doc["@timestamp"]), f"{topic}-{msg.partition()}-{msg.offset()}", doc)
-        )
+        action, source, _ = bulk_lines(
+            msg.value(), topic, msg.partition(), msg.offset(), msg.timestamp()[1], fresh_index_prefix
+        ).split(b"\n")
+        meta = json.loads(action)["index"]
+        docs.append((meta["_index"], meta["_id"], json.loads(source)))
     for index in {i for i, _, _ in docs}:
         es_client.indices.create(index=index, mappings=quote_mappings())
     for index, doc_id, doc in docs:

@@ -237,7 +237,7 @@ def test_server_rejects_a_bad_token_with_protocol_error_and_closes():
 
 
 def test_oversized_message_is_refused_before_it_is_read(tmp_path, make_topic, kafka_bootstrap):
-    """A 300 KB message against max_message_size=100 KB: refused from its frame header, then a reconnect."""
+    """A 300 KB message against max_message_size=100 KB: refused before it is decoded, then a reconnect."""
     big = encode_packet(
         "qsd", ["qs_rec", {"n": "BINANCE:SOLUSDT", "s": "ok", "v": {"lp": 142.5, "description": "x" * 300_000}}]
     )
@@ -269,8 +269,8 @@ def test_rate_limited_handshake_backs_off_long_then_streams(make_topic, kafka_bo
 
 
 def test_handshake_carries_browser_like_headers_and_the_configured_ones():
-    from quoteflow.producer import client_config
     from quoteflow.settings import ConnectionInfo
+    from quoteflow.producer import client_config
     from quoteflow.tradingview.client import TradingViewClient
 
     info = ConnectionInfo(

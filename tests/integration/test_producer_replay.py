@@ -82,7 +82,7 @@ def test_replay_through_produce_command_gives_the_merged_snapshots(tmp_path, mak
              "--symbols", ",".join(SYMBOLS), "--topic", topic, "--bootstrap", kafka_bootstrap,
              "--max-seconds", "2.5", "--record", str(record)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), str(ROOT)])},
         )  # fmt: skip
         echoed = server.stats.heartbeats_echoed
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,8 +18,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-from quoteflow.producer import client_config, feed_url
 from quoteflow.settings import TRADINGVIEW_URL, ConnectionInfo
+from quoteflow.producer import client_config, feed_url
 from quoteflow.tradingview.client import TradingViewClient
 from quoteflow.tradingview.protocol import (
     MALFORMED_LOGGED,
@@ -167,7 +167,7 @@ def test_a_fragmented_message_over_the_limit_is_refused_before_it_is_joined(quot
         client, prices = run_client(feed.url, until=bool, max_message_size=limit)
     stats = client.stats
     assert stats.errors["message_too_big"] == 1
-    # Refused at the 17th fragment's header: what it held was the 16 accepted ones, never the 8 MiB.
+    # Refused at the 17th fragment, before joining it: what it held was the 16 accepted ones, never the 8 MiB.
     assert stats.too_big_held_bytes == limit
     assert stats.messages == 1  # only the next connection's quote: the fragments never became a message
     assert stats.reconnects == 1 and prices == [7.5]  # dropped, reconnected, streaming again

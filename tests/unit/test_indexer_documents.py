@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from quoteflow.elastic.bulk import RetryPolicy
-from quoteflow.elastic.documents import build_document, bulk_lines, check_index_prefix, document_id, index_name
+from quoteflow.elastic.documents import bulk_lines, check_index_prefix, document_id
 from quoteflow.elastic.template import _comparable, index_template, quote_mappings
 from quoteflow.indexer import IndexSummary, parse_bound
 from quoteflow.kafka.ranges import PartitionRange, group_ranges
@@ -49,9 +49,9 @@ def test_bulk_lines_carry_deterministic_id_index_and_contract_fields() -> None:
 
 
 def test_timestamp_falls_back_to_received_at() -> None:
-    doc = build_document(_quote(event_time=None).to_dict(), "t", 0, 0, 0)
-    assert doc["@timestamp"] == "2026-11-28T03:00:01.250Z"
-    assert index_name("p-", doc["@timestamp"]) == "p-2026.11.28"
+    action, source, _ = bulk_lines(_quote(event_time=None).to_json(), "t", 0, 0, 0, "p-").split(b"\n")
+    assert orjson.loads(source)["@timestamp"] == "2026-11-28T03:00:01.250Z"
+    assert orjson.loads(action)["index"]["_index"] == "p-2026.11.28"
 
 
 @pytest.mark.parametrize(

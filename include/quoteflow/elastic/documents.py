@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 
 from quoteflow.quotes import (
-    FIELDS,
+    FIELD_SET,
     NUMBER_FIELDS_NULLABLE,
+    RFC3339_UTC,
     SCHEMA_VERSION,
     SOURCE,
     STRING_FIELDS_NULLABLE,
@@ -28,14 +29,12 @@ from quoteflow.quotes import (
 from quoteflow.settings import INDEX_PREFIX, ConfigError
 
 _INDEX_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
-_FIELD_SET = frozenset(FIELDS)
-_RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 _NUMBER = (float, int)
 _isfinite = math.isfinite
 
 
 def _valid_time(text: Any) -> bool:
-    if type(text) is not str or not _RFC3339_UTC.match(text):
+    if type(text) is not str or not RFC3339_UTC.match(text):
         return False
     try:
         datetime.fromisoformat(text)
@@ -55,7 +54,7 @@ def fast_decode(raw: bytes | None) -> dict[str, Any]:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             data = None
-        if type(data) is dict and data.keys() == _FIELD_SET:
+        if type(data) is dict and data.keys() == FIELD_SET:
             get = data.__getitem__
             price = get("price")
             ok = (
@@ -116,34 +115,18 @@ def index_name(prefix: str, timestamp: str) -> str:
     return f"{prefix}{timestamp[0:4]}.{timestamp[5:7]}.{timestamp[8:10]}"
 
 
-def build_document(
-    quote: dict[str, Any], topic: str, partition: int, offset: int, kafka_timestamp_ms: int
-) -> dict[str, Any]:
-    """The Elasticsearch document: the quote plus ``@timestamp`` and ``kafka.{topic,partition,offset,timestamp}``."""
-    doc = dict(quote)
-    doc["@timestamp"] = quote["event_time"] or quote["received_at"]
+def bulk_lines(
+    value: bytes | None, topic: str, partition: int, offset: int, kafka_timestamp_ms: int, prefix: str = INDEX_PREFIX
+) -> bytes:
+    """One record → its two ``_bulk`` NDJSON lines (action + source); raises ``InvalidQuote`` for a bad record."""
+    doc = fast_decode(value)
+    doc["@timestamp"] = doc["event_time"] or doc["received_at"]
     doc["kafka"] = {
         "topic": topic,
         "partition": partition,
         "offset": offset,
         "timestamp": kafka_time(kafka_timestamp_ms),
     }
-    return doc
-
-
-def bulk_lines(
-    value: bytes | None, topic: str, partition: int, offset: int, kafka_timestamp_ms: int, prefix: str = INDEX_PREFIX
-) -> bytes:
-    """One record → its two ``_bulk`` NDJSON lines (action + source); raises ``InvalidQuote`` for a bad record."""
-    quote = fast_decode(value)
-    quote["@timestamp"] = quote["event_time"] or quote["received_at"]
-    quote["kafka"] = {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "timestamp": kafka_time(kafka_timestamp_ms),
-    }
-    doc = quote
     action = b'{"index":{"_index":"%s","_id":"%s"}}\n' % (
         index_name(prefix, doc["@timestamp"]).encode(),
         document_id(topic, partition, offset).encode(),

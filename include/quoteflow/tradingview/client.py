@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlsplit
 
 import orjson
@@ -67,9 +67,9 @@ class WatchdogTimeout(ProtocolError):
 
 
 class MessageTooBig(ProtocolError):
-    """A websocket message would exceed ``max_message_size``; refused before the offending frame is read.
+    """A websocket message would exceed ``max_message_size``; refused before it is joined or decoded.
 
-    ``size`` is what the message would have reached, ``held`` what was already buffered of it (the
+    ``size`` is what the message would have reached, ``held`` what was already joined of it (the
     earlier frames of a fragmented message; 0 for a single frame).
     """
 
@@ -86,51 +86,55 @@ class MessageTooBig(ProtocolError):
         self.held = held
 
 
-def _limit_message_size(ws: websocket.WebSocket, limit: int) -> None:
-    """Make ``ws`` refuse a message as soon as it is known to exceed ``limit`` bytes.
+class MessageAssembler:
+    """Joins the frames of websocket messages and refuses one as soon as it is known to exceed ``limit`` bytes.
 
-    websocket-client has no size limit of its own, and it joins the continuation frames of a fragmented
-    message with ``bytes +=`` (quadratic copying) until the final one. Two of its internals are wrapped:
+    It works on websocket-client's public API only: a ``WebSocket(fire_cont_frame=True)`` hands every
+    data frame out of ``recv_data_frame()`` as it arrives (a continuation frame with ``OPCODE_CONT``), so
+    the client joins the fragments itself, in a ``bytearray`` (linear; websocket-client's own join is
+    ``bytes +=``, quadratic), and stops at the first frame that would take the message past the limit.
 
-    - ``frame_buffer.recv_length`` runs right after a frame header's length is read and before its
-      payload is: the frame's announced length plus, for a continuation frame, the bytes already
-      collected for the message (``cont_frame.cont_data``) must stay within ``limit``, so a runaway or
-      hostile peer can make us buffer at most ``limit`` bytes, one frame or many;
-    - ``cont_frame.add`` collects the fragments in a ``bytearray`` (linear); a single-frame message, the
-      usual case, is handed on as the ``bytes`` it arrived as.
+    What the public API cannot do: refuse a frame from its header. ``recv_frame()`` and
+    ``recv_data_frame()`` return a frame only once its whole payload is read, and the header's length
+    is visible only inside ``frame_buffer`` (an internal). So a fragmented message is refused with at
+    most ``limit`` bytes joined plus the one frame that crossed it, while a single-frame message is
+    refused only after that frame is read: its memory is bounded by what the peer sends, not by
+    ``limit``. TradingView's messages are single frames of a few KiB; the limit keeps a runaway
+    message out of the decoder and Kafka, and reconnects.
     """
-    buffer = ws.frame_buffer
-    cont = ws.cont_frame
-    read_length = buffer.recv_length
-    opcode_cont = websocket.ABNF.OPCODE_CONT
-    data_opcodes = (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY)
 
-    def recv_length_checked() -> None:
-        read_length()
-        length = buffer.length
-        if length is None or buffer.header is None:
-            return
-        collected = cont.cont_data
-        held = len(collected[1]) if collected and buffer.header[4] == opcode_cont else 0
-        if held + length > limit:
-            raise MessageTooBig(held + length, held, limit)
+    __slots__ = ("limit", "_parts", "_opcode")
 
-    def add_linear(frame: websocket.ABNF) -> None:
-        collected = cont.cont_data
-        if collected:
-            joined = collected[1]
-            if type(joined) is bytes:
-                joined = collected[1] = bytearray(joined)
-            joined += frame.data
-        else:
-            if frame.opcode in data_opcodes:
-                cont.recving_frames = frame.opcode
-            cont.cont_data = [frame.opcode, frame.data]
-        if frame.fin:
-            cont.recving_frames = None
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: bytearray | None = None
+        self._opcode = 0
 
-    buffer.recv_length = recv_length_checked  # type: ignore[method-assign]
-    cont.add = add_linear  # type: ignore[method-assign]
+    def add(self, opcode: int, data: bytes, fin: bool) -> tuple[int, bytes | bytearray] | None:
+        """One data frame in; ``(opcode, message)`` once the message is whole, else ``None``.
+
+        Raises :class:`MessageTooBig` as soon as the message would exceed the limit.
+        """
+        parts = self._parts
+        if parts is None:
+            if fin:  # the usual case: a whole message in one frame, handed on as the bytes it came as
+                if len(data) > self.limit:
+                    raise MessageTooBig(len(data), 0, self.limit)
+                return opcode, data
+            if len(data) > self.limit:
+                raise MessageTooBig(len(data), 0, self.limit)
+            self._parts = bytearray(data)
+            self._opcode = opcode
+            return None
+        held = len(parts)
+        if held + len(data) > self.limit:
+            self._parts = None
+            raise MessageTooBig(held + len(data), held, self.limit)
+        parts += data
+        if not fin:
+            return None
+        self._parts = None
+        return self._opcode, parts
 
 
 def _endpoint(url: str) -> tuple[str, str, int, bool] | None:
@@ -320,6 +324,7 @@ class TradingViewClient:
                     logger.warning("reconnecting after %s", exc)
                     delay = -1.0
                 except MessageTooBig as exc:
+                    self._abort_socket()
                     self.stats.errors["message_too_big"] += 1
                     self.stats.too_big_held_bytes = exc.held
                     logger.warning("reconnecting: %s", exc)
@@ -383,6 +388,21 @@ class TradingViewClient:
             except (websocket.WebSocketException, OSError) as exc:
                 logger.debug("closing the websocket: %s", exc)
 
+    def _abort_socket(self) -> None:
+        """Close with 1009 (message too big) and drop the socket at once.
+
+        Not :meth:`_close_socket`: websocket-client's ``close()`` reads frames until the peer's close
+        reply, which would read the rest of the oversized message the limit just refused.
+        """
+        ws, self._ws = self._ws, None
+        if ws is None:
+            return
+        try:
+            ws.send_close(websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")
+        except (websocket.WebSocketException, OSError) as exc:
+            logger.debug("sending close 1009: %s", exc)
+        ws.shutdown()
+
     def _send(self, raw: str) -> None:
         assert self._ws is not None
         self._ws.send(raw)
@@ -397,8 +417,10 @@ class TradingViewClient:
 
     def _connect_and_stream(self, stop: threading.Event, deadline: float | None) -> None:
         config = self.config
-        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
-        _limit_message_size(ws, config.max_message_size)
+        # fire_cont_frame: every data frame comes out of recv_data_frame() as it arrives, so the
+        # MessageAssembler joins fragments and enforces max_message_size (websocket-client has no limit).
+        ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False, fire_cont_frame=True)
+        assembler = MessageAssembler(config.max_message_size)
         self._ws = ws
         ws.settimeout(config.connect_timeout)
         ws.connect(
@@ -424,12 +446,14 @@ class TradingViewClient:
         watchdog = config.watchdog_timeout
         tick_every = min(1.0, config.poll_interval)
         next_tick = now + tick_every
-        recv_data = ws.recv_data
+        recv_data_frame = ws.recv_data_frame
+        add_frame = assembler.add
+        opcode_text, opcode_close = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_CLOSE
         while True:
             if stop.is_set():
                 return
             try:
-                opcode, data = recv_data()
+                opcode, received = recv_data_frame()
             except websocket.WebSocketTimeoutException:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -442,11 +466,12 @@ class TradingViewClient:
                 next_tick = now + tick_every
                 continue
             now = time.monotonic()
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
+            if opcode == opcode_close:
                 raise websocket.WebSocketConnectionClosedException("server closed the connection")
             self.last_inbound = now
-            if opcode == websocket.ABNF.OPCODE_TEXT:
-                self._on_message(data, now)
+            message = add_frame(opcode, received.data, received.fin)
+            if message is not None and message[0] == opcode_text:
+                self._on_message(message[1], now)
             if deadline is not None and now >= deadline:
                 return
             if now >= next_tick:
@@ -457,8 +482,7 @@ class TradingViewClient:
     def _on_message(self, data: bytes | bytearray, now: float) -> None:
         """Handle one text message: echo heartbeats, route packets, hand changed Quotes on.
 
-        ``data`` is within ``max_message_size``: :func:`_limit_message_size` refused anything bigger
-        while its frames were still arriving.
+        ``data`` is within ``max_message_size``: :class:`MessageAssembler` refused anything bigger.
         """
         stats = self.stats
         stats.messages += 1
@@ -489,31 +513,30 @@ class TradingViewClient:
                     malformed.append(_malformed("bad_params", payload, len(malformed)))
                     continue
                 state = handle_qsd(params, now)
-                if state is not None:
-                    if received_at is None:
-                        received_at = format_timestamp(time.time(), milliseconds=True)
-                    stats.quotes += 1
-                    on_quote(state, received_at)
-                continue
-            if payload.startswith("~h~") and payload[3:].isdigit():
+            elif payload.startswith("~h~") and payload[3:].isdigit():
                 stats.heartbeats += 1
                 self.last_heartbeat = now
                 self._send(frame(payload))
                 continue
-            packet = parse_payload(payload)
-            if type(packet) is MalformedPacket:
-                malformed.append(packet)
-                continue
-            kind = packet.kind  # type: ignore[union-attr]
-            if kind == MESSAGE:
+            else:
+                packet = parse_payload(payload)
+                if type(packet) is MalformedPacket:
+                    malformed.append(packet)
+                    continue
+                kind = packet.kind  # type: ignore[union-attr]
+                if kind == HELLO:
+                    stats.hellos += 1
+                    continue
+                if kind != MESSAGE:
+                    continue
                 state = session.handle(packet, now)  # type: ignore[arg-type]
-                if state is not None:
-                    if received_at is None:
-                        received_at = format_timestamp(time.time(), milliseconds=True)
-                    stats.quotes += 1
-                    on_quote(state, received_at)
-            elif kind == HELLO:
-                stats.hellos += 1
+            # The one place a Quote leaves the client, whichever path decoded its packet; inline, not a
+            # method, because it runs once per quote.
+            if state is not None:
+                if received_at is None:
+                    received_at = format_timestamp(time.time(), milliseconds=True)
+                stats.quotes += 1
+                on_quote(state, received_at)
         if session.outbox:
             for raw in session.outbox:
                 self._send(raw)
@@ -538,7 +561,3 @@ class TradingViewClient:
             for key, state in self.session.states.items()
             if (mode := state.values.get("update_mode")) not in (None, "streaming")
         }
-
-    def summary_errors(self) -> dict[str, Any]:
-        """The error counters as a plain dict."""
-        return dict(self.stats.errors)

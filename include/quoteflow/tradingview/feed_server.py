@@ -39,7 +39,6 @@ from quoteflow.settings import DEFAULT_SYMBOLS
 from quoteflow.tradingview.protocol import (
     HEARTBEAT,
     MESSAGE,
-    MalformedPacket,
     decode_message,
     encode_packet,
     frame,
@@ -267,15 +266,6 @@ class FeedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def serve_forever(self) -> None:
-        """Run in the calling thread until interrupted (the CLI)."""
-        self.start()
-        try:
-            while not self._stopping.wait(1.0):
-                pass
-        finally:
-            self.stop()
 
     # -- one connection --------------------------------------------------------------------
 
@@ -670,8 +660,3 @@ def _replay_symbols(messages: list[tuple[float | None, list[str]]]) -> set[str]:
                 if instrument is not None:
                     known.add(instrument)
     return known
-
-
-def is_malformed(item: object) -> bool:
-    """True for a :class:`MalformedPacket` (helper for callers that mix results)."""
-    return isinstance(item, MalformedPacket)

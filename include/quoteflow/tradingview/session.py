@@ -13,6 +13,7 @@ import secrets
 import string
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import orjson
@@ -57,10 +58,26 @@ _STRINGS = frozenset({"currency_code", "update_mode"})
 _SNAPSHOT_FIELDS = tuple(
     name for name in FIELDS if name not in ("schema", "source", "symbol", "exchange", "ticker", "received_at")
 )
-# TradingView field → (Quote field, kind): 0 = number, 1 = string, 2 = epoch seconds → RFC 3339.
-_TRACKED: dict[str, tuple[str, int]] = {
-    tv: (name, 2 if tv == "lp_time" else 1 if tv in _STRINGS else 0) for tv, name in FIELD_MAP.items()
+
+
+class FieldKind(IntEnum):
+    """How :meth:`QuoteSession.merge` cleans a tracked TradingView field."""
+
+    NUMBER = 0  # finite float, the 1e100 "no value" sentinel → None
+    STRING = 1  # str cut to MAX_STRING_CHARS, anything else → None
+    EPOCH_SECONDS = 2  # lp_time → RFC 3339 UTC event_time
+
+
+# TradingView field → (Quote field, kind).
+_TRACKED: dict[str, tuple[str, FieldKind]] = {
+    tv: (
+        name,
+        FieldKind.EPOCH_SECONDS if tv == "lp_time" else FieldKind.STRING if tv in _STRINGS else FieldKind.NUMBER,
+    )
+    for tv, name in FIELD_MAP.items()
 }
+# Plain module globals: merge() binds them to locals without an attribute lookup on the enum class per call.
+_NUMBER, _STRING = FieldKind.NUMBER, FieldKind.STRING
 
 
 class SessionError(ProtocolError):
@@ -269,21 +286,23 @@ class QuoteSession:
         values = state.values
         changed = False
         tracked = _TRACKED
+        # Members bound to locals: `is` on a local is the cheapest test in this loop, as fast as the ints were.
+        number, string = _NUMBER, _STRING
         for tv_field, raw in delta.items():
             entry = tracked.get(tv_field)
             if entry is None:
                 continue
             name, kind = entry
             value: float | str | None
-            if kind == 0:
+            if kind is number:
                 # Inlined _clean: this loop runs for every field of every tick.
                 raw_type = type(raw)
                 value = float(raw) if (raw_type is float or raw_type is int) and -NO_VALUE < raw < NO_VALUE else None
-            elif kind == 1:
+            elif kind is string:
                 value = raw if type(raw) is str else None
                 if value is not None and len(value) > MAX_STRING_CHARS:
                     value = self._cap(state, name, value)
-            else:
+            else:  # FieldKind.EPOCH_SECONDS
                 if raw == state.lp_time:
                     continue
                 state.lp_time = raw
