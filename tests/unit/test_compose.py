@@ -454,6 +454,57 @@ def test_airflow_runs_local_executor_with_project_mounts(services: dict[str, Any
     assert commands["airflow-dag-processor"] == "dag-processor" and commands["airflow-triggerer"] == "triggerer"
 
 
+TASK_LOG_SETTINGS = {
+    "AIRFLOW__LOGGING__REMOTE_LOGGING": "true",
+    "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS": "quoteflow_logging.LOGGING_CONFIG",
+    "AIRFLOW__LOGGING__DELETE_LOCAL_LOGS": "false",
+    "AIRFLOW__ELASTICSEARCH__WRITE_TO_ES": "true",
+    "AIRFLOW__ELASTICSEARCH__JSON_FORMAT": "true",
+    "AIRFLOW__ELASTICSEARCH__WRITE_STDOUT": "false",
+    "AIRFLOW__ELASTICSEARCH__TARGET_INDEX": "airflow-logs",
+    "AIRFLOW__ELASTICSEARCH__INDEX_PATTERNS": "airflow-logs",
+    "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+}
+
+
+def test_task_logs_go_to_elasticsearch_with_the_login_in_the_environment(
+    services: dict[str, Any], filled_env: dict[str, str], tmp_path: Path
+) -> None:
+    import sys
+    from urllib.parse import urlsplit
+
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        assert {key: env.get(key) for key in TASK_LOG_SETTINGS} == TASK_LOG_SETTINGS, name
+        host = urlsplit(env["AIRFLOW__ELASTICSEARCH__HOST"])
+        assert (host.scheme, host.hostname, host.port) == ("http", "elasticsearch", 9200), name
+        assert (host.username, host.password) == ("elastic", filled_env["ELASTIC_PASSWORD"]), name
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
+        assert mounts["/opt/airflow/config"] == "./config", f"{name} does not mount config/ at $AIRFLOW_HOME/config"
+    assert (ROOT / "config" / "quoteflow_logging.py").is_file()
+
+    # The module accepts that configuration: Airflow (imported as in the containers) gets the provider's
+    # handler writing to the compose host. Building it makes no connection.
+    env = environment(services["airflow-scheduler"])
+    child_env = {
+        key: value for key, value in env.items() if key.startswith(("AIRFLOW__LOGGING__", "AIRFLOW__ELASTICSEARCH__"))
+    }
+    child_env.update(AIRFLOW_HOME=str(tmp_path), PYTHONPATH=str(ROOT / "config"), PATH="/usr/bin:/bin")
+    code = (
+        "import airflow, quoteflow_logging as q; io = q.REMOTE_TASK_LOG; "
+        "print(type(io).__name__, io.target_index, io.write_to_es, q.LOGGING_CONFIG['handlers']['task']['class'])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-4:] == [
+        "ElasticsearchRemoteLogIO",
+        "airflow-logs",
+        "True",
+        "airflow.providers.elasticsearch.log.es_task_handler.ElasticsearchTaskHandler",
+    ]
+    assert filled_env["ELASTIC_PASSWORD"] not in run.stdout + run.stderr
+
+
 def test_airflow_init_migrates_and_writes_the_admin_password(services: dict[str, Any], filled_env) -> None:
     init = services["airflow-init"]
     env = environment(init)
