@@ -63,8 +63,8 @@ class QuotesProducerOperator(BaseOperator):
         """Stream until the time limit or a stop request; the summary goes to XCom."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from quoteflow.producer import ProducerRun, client_config, feed_url, run_producer
         from quoteflow.settings import ConfigError, kafka_config
+        from quoteflow.stream import ProducerRun, client_config, feed_url, run_producer
 
         params = context["params"]
         if self._stop is None:

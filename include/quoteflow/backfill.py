@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from quoteflow.elastic.bulk import RetryPolicy
-from quoteflow.indexer import _close, _epoch_ms, index_ranges
-from quoteflow.kafka.ranges import (
+from quoteflow.indexer import epoch_ms, index_ranges
+from quoteflow.kafka import clients
+from quoteflow.kafka.reader import (
     PartitionRange,
     RangeUnavailable,
     check_retained,
-    make_consumer,
     offsets_at,
     timestamp_at,
     topic_partitions,
@@ -64,7 +64,7 @@ def resolve_ranges(
         return ranges
     if not isinstance(start, datetime) or not isinstance(end, datetime):
         raise ConfigError("time mode needs ISO-8601 start and end datetimes")
-    start_ms, end_ms = _epoch_ms(start), _epoch_ms(end)
+    start_ms, end_ms = epoch_ms(start), epoch_ms(end)
     if end_ms <= start_ms:
         raise ConfigError(f"time range [{start.isoformat()}, {end.isoformat()}) is empty; end is exclusive")
     starts = offsets_at(consumer, topic, parts, start_ms)
@@ -101,13 +101,8 @@ def backfill(
     retry: RetryPolicy | None = None,
 ) -> dict[str, Any]:
     """Re-index exactly the requested range (idempotent); with ``dry_run`` only resolve and report it."""
-    consumer = make_consumer(kafka_config, backfill_group(group_id))
-    failing = True
-    try:
+    with clients.consumer(kafka_config, backfill_group(group_id)) as consumer:
         ranges = resolve_ranges(consumer, topic, partitions, mode, start, end)
-        failing = False
-    finally:
-        _close(consumer, failing, "the Kafka consumer")
     planned = sum(r.size for r in ranges)
     if dry_run:
         logger.info("backfill dry run of %s: %s records in %s", topic, planned, [r.to_dict() for r in ranges])

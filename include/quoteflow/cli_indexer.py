@@ -68,7 +68,7 @@ def _reported(name: str, func: Callable[[argparse.Namespace], int]) -> Callable[
 
     from quoteflow.elastic.bulk import BulkError
     from quoteflow.kafka.dlq import DeadLetterError
-    from quoteflow.kafka.ranges import RangeReadError
+    from quoteflow.kafka.reader import RangeReadError
     from quoteflow.kibana import KibanaError
 
     def run(args: argparse.Namespace) -> int:

@@ -126,8 +126,8 @@ def serve_feed(args: argparse.Namespace) -> int:
 
 def produce_quotes(args: argparse.Namespace) -> int:
     """Stream quotes to Kafka; print the JSON summary; 0 unless records were lost."""
-    from quoteflow.kafka.producer import DeliveryFailed
-    from quoteflow.producer import ProducerRun, client_config, run_producer
+    from quoteflow.kafka.quote_producer import DeliveryFailed
+    from quoteflow.stream import ProducerRun, client_config, run_producer
 
     symbols = split_symbol_list(args.symbols)
     if args.bootstrap:

@@ -20,12 +20,13 @@ from typing import Any
 
 from quoteflow.elastic.bulk import BulkItem, BulkWriter, RetryPolicy
 from quoteflow.elastic.documents import bulk_lines, check_index_prefix
+from quoteflow.kafka import clients
+from quoteflow.kafka.admin import check_topic
 from quoteflow.kafka.dlq import DeadLetterDraft, DeadLetterWriter, origins_since
-from quoteflow.kafka.ranges import (
+from quoteflow.kafka.reader import (
     PartitionRange,
     commit_if_ahead,
     group_ranges,
-    make_consumer,
     read_ranges,
     watermarks,
     window_ranges,
@@ -99,7 +100,8 @@ class IndexSummary:
         return total
 
 
-def _epoch_ms(moment: datetime) -> int:
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime (a window bound); :class:`ConfigError` if naive."""
     if moment.tzinfo is None:
         raise ConfigError(f"window bound {moment!r} has no timezone; pass an aware datetime (UTC)")
     return int(moment.timestamp() * 1000)
@@ -114,13 +116,6 @@ def parse_bound(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def check_topic(kafka_config: Mapping[str, Any], topic: str = QUOTES_TOPIC) -> None:
-    """Refuse (``TopicConfigError``) unless ``topic`` exists with LogAppendTime timestamps."""
-    from quoteflow.kafka.admin import admin_client, require_log_append_time
-
-    require_log_append_time(admin_client(kafka_config), topic)
-
-
 def plan_window(
     kafka_config: Mapping[str, Any],
     start: datetime,
@@ -133,7 +128,7 @@ def plan_window(
     settle_s: float = SETTLE_S,
 ) -> list[list[dict[str, Any]]]:
     """Window bounds → per-partition offset ranges, split into at most ``groups`` lists (plain dicts)."""
-    start_ms, end_ms = _epoch_ms(start), _epoch_ms(end)
+    start_ms, end_ms = epoch_ms(start), epoch_ms(end)
     current = now or datetime.now(UTC)
     if end_ms > (current.timestamp() + FUTURE_GRACE_S) * 1000:
         raise ConfigError(f"window end {end.isoformat()} is in the future; records may still arrive in it")
@@ -141,26 +136,9 @@ def plan_window(
     if wait > 0:
         time.sleep(wait)
     check_topic(kafka_config, topic)
-    consumer = make_consumer(kafka_config, group_id)
-    failing = True
-    try:
+    with clients.consumer(kafka_config, group_id) as consumer:
         ranges = window_ranges(consumer, topic, start_ms, end_ms)
-        failing = False
-    finally:
-        _close(consumer, failing, "the Kafka consumer")
     return [[r.to_dict() for r in group] for group in group_ranges(ranges, groups)]
-
-
-def _close(resource: Any, failing: bool, what: str) -> None:
-    """Close ``resource``; a close error is raised only if nothing else is already failing."""
-    from confluent_kafka import KafkaException
-
-    try:
-        resource.close()
-    except (KafkaException, RuntimeError) as exc:
-        if not failing:
-            raise
-        logger.warning("closing %s after an earlier error also failed: %s", what, exc)
 
 
 def _index_messages(
@@ -236,25 +214,18 @@ def index_ranges(
     summary = IndexSummary(ranges=[r.to_dict() for r in parts])
     if not any(r.size for r in parts):
         # Nothing to read here, yet records may have arrived after these ranges: the lag figure still counts them.
-        consumer = make_consumer(kafka_config, group_id)
-        failing = True
-        try:
+        with clients.consumer(kafka_config, group_id) as consumer:
             summary.lag_records = _lag(consumer, parts)
-            failing = False
-        finally:
-            _close(consumer, failing, "the Kafka consumer")
         logger.info(
             "%s: read=0 indexed=0 dead_lettered=0 retries=0 elapsed=0.00s lag=%s records (empty)",
             label,
             summary.lag_records,
         )
         return summary
-    consumer = make_consumer(kafka_config, group_id)
-    writer = BulkWriter(es, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes, in_flight=in_flight, retry=retry)
     dlq = DeadLetterWriter(kafka_config, dlq_topic)
     letters: list[DeadLetterDraft] = []
-    failing = True
-    try:
+    bulk = BulkWriter(es, chunk_docs=chunk_docs, chunk_bytes=chunk_bytes, in_flight=in_flight, retry=retry)
+    with closing(bulk) as writer, clients.consumer(kafka_config, group_id) as consumer:
         # closing(): the reader's own clean-up must run now, while the consumer is still open.
         with _responsive_gil(), closing(read_ranges(consumer, parts)) as batches:
             _index_messages(batches, writer, letters, summary, index_prefix)
@@ -289,10 +260,6 @@ def index_ranges(
         if commit:
             summary.committed = commit_if_ahead(consumer, parts)
         summary.lag_records = _lag(consumer, parts)
-        failing = False
-    finally:
-        writer.close()
-        _close(consumer, failing, "the Kafka consumer")
     summary.elapsed_s = round(time.monotonic() - started, 3)
     expected = sum(r.size for r in parts)
     if summary.read != expected:
@@ -328,14 +295,8 @@ def commit_window(
     kafka_config: Mapping[str, Any], ranges: Sequence[Mapping[str, Any]], *, group_id: str = CONSUMER_GROUP
 ) -> dict[int, int]:
     """Move the group's committed offsets forward to the window's ends (for lag tools only)."""
-    consumer = make_consumer(kafka_config, group_id)
-    failing = True
-    try:
-        committed = commit_if_ahead(consumer, [PartitionRange.from_dict(r) for r in ranges])
-        failing = False
-    finally:
-        _close(consumer, failing, "the Kafka consumer")
-    return committed
+    with clients.consumer(kafka_config, group_id) as consumer:
+        return commit_if_ahead(consumer, [PartitionRange.from_dict(r) for r in ranges])
 
 
 def index_window(

@@ -19,9 +19,10 @@ from typing import Any
 
 from quoteflow.backfill import backfill_group
 from quoteflow.elastic.bulk import RetryPolicy
-from quoteflow.indexer import _close, index_ranges
+from quoteflow.indexer import index_ranges
+from quoteflow.kafka import clients
 from quoteflow.kafka.dlq import dead_lettered_offsets
-from quoteflow.kafka.ranges import PartitionRange, make_consumer, topic_partitions, watermarks
+from quoteflow.kafka.reader import PartitionRange, topic_partitions, watermarks
 from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -172,10 +173,8 @@ def compare(
     if until not in UNTIL:
         raise ConfigError(f"reconcile 'until' must be one of {UNTIL}, got {until!r}")
     index_pattern = f"{index_prefix}*"
-    consumer = make_consumer(kafka_config, group_id)
-    failing = True
     reports: list[PartitionReport] = []
-    try:
+    with clients.consumer(kafka_config, group_id) as consumer:
         parts = list(partitions) if partitions else topic_partitions(consumer, topic)
         committed = {
             tp.partition: tp.offset
@@ -187,9 +186,6 @@ def compare(
             upper = high if until == "high" else min(high, max(low, committed.get(p, -1)))
             bounds[p] = (low, upper)
         dead = dead_lettered_offsets(consumer, dlq_topic, topic)
-        failing = False
-    finally:
-        _close(consumer, failing, "the Kafka consumer")
     es.options(ignore_status=404).indices.refresh(index=index_pattern, allow_no_indices=True)
     for p in parts:
         low, upper = bounds[p]

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quoteflow.kafka.producer import DeliveryFailed, KafkaProducerError, QuoteProducer
+from quoteflow.kafka.admin import check_topic
+from quoteflow.kafka.quote_producer import DeliveryFailed, KafkaProducerError, QuoteProducer
 from quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
 from quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig, TradingViewClient
 from quoteflow.tradingview.session import SymbolState
@@ -97,24 +98,10 @@ class _Pump:
         )
 
 
-def check_topic(kafka: Mapping[str, Any], topic: str) -> int | None:
-    """Refuse to start (a :class:`ConfigError` naming the fix) unless the topic exists with LogAppendTime.
-
-    Returns the topic's ``max.message.bytes`` (``None`` if the broker does not say), so the producer
-    can keep its batches under it.
-    """
-    from quoteflow.kafka.admin import admin_client, describe_topic_config, require_log_append_time
-
-    admin = admin_client(kafka)
-    require_log_append_time(admin, topic)
-    value = describe_topic_config(admin, topic).get("max.message.bytes")
-    return int(value) if value and value.isdigit() else None
-
-
 def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[str, Any]:
     """Stream quotes into Kafka until ``stop`` is set or ``max_seconds`` pass; return the run's summary.
 
-    Raises :class:`~quoteflow.kafka.producer.DeliveryFailed` after the final flush if any
+    Raises :class:`~quoteflow.kafka.quote_producer.DeliveryFailed` after the final flush if any
     record was not delivered (the summary is attached as ``exc.summary``).
     """
     stop = stop or threading.Event()

@@ -108,8 +108,8 @@ def delete_ids(es, prefix: str, ids: list[str]) -> int:
 
 def dead_letters(bootstrap: str, dlq_topic: str) -> list:
     """Every dead letter in ``dlq_topic``."""
+    from quoteflow.kafka.clients import make_consumer
     from quoteflow.kafka.dlq import read_dead_letters
-    from quoteflow.kafka.ranges import make_consumer
 
     consumer = make_consumer({"bootstrap.servers": bootstrap}, "test-dlq-reader")
     try:

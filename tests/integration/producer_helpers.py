@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from quoteflow.producer import ProducerRun, client_config, run_producer
+from quoteflow.stream import ProducerRun, client_config, run_producer
 from quoteflow.tradingview.feed_server import FeedConfig, FeedServer
 
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}

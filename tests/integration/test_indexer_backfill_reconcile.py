@@ -17,7 +17,7 @@ import pytest
 from quoteflow.backfill import backfill
 from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_window
-from quoteflow.kafka.ranges import RangeUnavailable
+from quoteflow.kafka.reader import RangeUnavailable
 from quoteflow.reconcile import find_holes
 from tests.integration.indexer_support import (
     LOG_APPEND,
@@ -230,7 +230,7 @@ def test_records_lost_to_retention_are_refused_by_backfill_and_flagged_by_window
         )
     ok = backfill(loaded["cfg"], loaded["es"], mode="offsets", start=100, end=150, partitions=[0], **_kw(loaded))
     assert ok["read"] == 50
-    with caplog.at_level("WARNING", logger="quoteflow.kafka.ranges"):
+    with caplog.at_level("WARNING", logger="quoteflow.kafka.reader"):
         groups = plan_window(loaded["cfg"], before, loaded["end"], topic=topic)
     assert [r["start"] for g in groups for r in g if r["partition"] == 0] == [100]
     assert "deleted by retention" in caplog.text and f"{topic}[0]" in caplog.text
@@ -267,7 +267,8 @@ def test_dlq_list_and_replay_by_reason_replay_only_that_reason_and_index_it_once
     kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix
 ) -> None:
     from quoteflow.elastic.template import index_template, quote_mappings
-    from quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, watermarks
+    from quoteflow.kafka.clients import make_consumer
+    from quoteflow.kafka.reader import PartitionRange, read_ranges, watermarks
 
     ensure_template(es_client)
     # A broken mapping for this test's indices only (currency as a number): every quote is refused as `mapping`.

@@ -11,7 +11,7 @@ import pytest
 from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_ranges, index_window, plan_window
 from quoteflow.kafka.admin import TopicConfigError, ensure_topic, quotes_topic_spec
-from quoteflow.kafka.ranges import PartitionRange
+from quoteflow.kafka.reader import PartitionRange
 from tests.integration.indexer_support import (
     LOG_APPEND,
     committed,

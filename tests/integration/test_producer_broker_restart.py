@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from quoteflow.producer import ProducerRun, client_config, run_producer
+from quoteflow.stream import ProducerRun, client_config, run_producer
 from quoteflow.tradingview.feed_server import synthetic_universe
 from tests.helpers.services import service_is_up, start_service, stop_service
 

@@ -53,7 +53,7 @@ def test_dropped_connections_reconnect_with_backoff_and_no_duplicates(make_topic
 
 def test_backoff_delays_are_measured_between_connects():
     """Full jitter under a cap, and the server really sees the client wait that long."""
-    from quoteflow.producer import client_config
+    from quoteflow.stream import client_config
     from quoteflow.tradingview.client import TradingViewClient
 
     with feed(synthetic_symbols=3, rate=200, packets_per_message=2, drop_after=2, seed=2) as server:
@@ -72,7 +72,7 @@ def test_backoff_delays_are_measured_between_connects():
 
 def test_backoff_resets_after_a_stable_connection():
     """Connections that stayed up longer than ``stable_after`` restart the backoff from its first step."""
-    from quoteflow.producer import client_config
+    from quoteflow.stream import client_config
     from quoteflow.tradingview.client import TradingViewClient
 
     # 4 messages at 10 msg/s keep each connection up ~0.4 s, longer than stable_after=0.2 s.
@@ -270,7 +270,7 @@ def test_rate_limited_handshake_backs_off_long_then_streams(make_topic, kafka_bo
 
 def test_handshake_carries_browser_like_headers_and_the_configured_ones():
     from quoteflow.settings import ConnectionInfo
-    from quoteflow.producer import client_config
+    from quoteflow.stream import client_config
     from quoteflow.tradingview.client import TradingViewClient
 
     info = ConnectionInfo(

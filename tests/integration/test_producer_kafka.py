@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from quoteflow.kafka.producer import DeliveryFailed, QuoteProducer
-from quoteflow.producer import ProducerRun, client_config, run_producer
+from quoteflow.kafka.quote_producer import DeliveryFailed, QuoteProducer
 from quoteflow.settings import ConfigError
+from quoteflow.stream import ProducerRun, client_config, run_producer
 
 from .producer_helpers import LOG_APPEND, read_topic
 
@@ -203,13 +203,13 @@ def _incompressible(size: int) -> bytes:
 
 
 def _too_large_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "quoteflow.kafka.producer"]
+    return [r.getMessage() for r in caplog.records if r.name == "quoteflow.kafka.quote_producer"]
 
 
 def test_a_record_too_large_for_the_topic_is_counted_logged_once_and_the_rest_delivered(
     make_topic, kafka_bootstrap, caplog
 ):
-    from quoteflow.producer import check_topic
+    from quoteflow.kafka.admin import check_topic
 
     topic = make_topic(1, {**LOG_APPEND, "max.message.bytes": "4096"})
     config = {"bootstrap.servers": kafka_bootstrap}

@@ -11,7 +11,7 @@ import orjson
 
 from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_ranges
-from quoteflow.kafka.ranges import PartitionRange
+from quoteflow.kafka.reader import PartitionRange
 from quoteflow.quotes import validate_quote
 
 from .indexer_support import es_sources

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
 from quoteflow.settings import TRADINGVIEW_URL, ConnectionInfo
-from quoteflow.producer import client_config, feed_url
+from quoteflow.stream import client_config, feed_url
 from quoteflow.tradingview.client import TradingViewClient
 from quoteflow.tradingview.protocol import (
     MALFORMED_LOGGED,

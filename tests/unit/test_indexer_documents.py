@@ -11,7 +11,7 @@ from quoteflow.elastic.bulk import RetryPolicy
 from quoteflow.elastic.documents import bulk_lines, check_index_prefix, document_id
 from quoteflow.elastic.template import _comparable, index_template, quote_mappings
 from quoteflow.indexer import IndexSummary, parse_bound
-from quoteflow.kafka.ranges import PartitionRange, group_ranges
+from quoteflow.kafka.reader import PartitionRange, group_ranges
 from quoteflow.quotes import FIELDS, InvalidQuote, Quote
 from quoteflow.settings import ConfigError
 

@@ -7,9 +7,10 @@ import argparse
 import pytest
 
 from quoteflow.cli_producer import register
-from quoteflow.kafka.producer import QuoteProducer, producer_config
-from quoteflow.producer import ProducerRun, client_config
+from quoteflow.kafka.clients import producer_config
+from quoteflow.kafka.quote_producer import QuoteProducer
 from quoteflow.settings import ConfigError, ConnectionInfo
+from quoteflow.stream import ProducerRun, client_config
 from quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from quoteflow.producer import client_config, feed_url
 from quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
+from quoteflow.stream import client_config, feed_url
 from quoteflow.tradingview.client import ClientConfig
 
 LOCAL = "ws://127.0.0.1:28765/socket.io/websocket"

@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from quoteflow.kafka.clients import admin_client
 from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["admin_client", "check_topic", "ensure_topic", "require_log_append_time"]
 
 ADMIN_TIMEOUT_S = 15.0
 TIMESTAMP_TYPE_KEY = "message.timestamp.type"
@@ -72,19 +75,6 @@ def dlq_topic_spec(name: str, partitions: int, retention_ms: int, replication_fa
     return TopicSpec(
         name, partitions, replication_factor, {"retention.ms": str(int(retention_ms)), "cleanup.policy": "delete"}
     )
-
-
-def admin_client(config: Mapping[str, Any]) -> Any:
-    """An ``AdminClient`` from a librdkafka config (consumer-only keys dropped)."""
-    from confluent_kafka.admin import AdminClient
-
-    keep = {k: v for k, v in config.items() if k not in _CONSUMER_ONLY_KEYS}
-    return AdminClient(keep)
-
-
-_CONSUMER_ONLY_KEYS = frozenset(
-    {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"}
-)
 
 
 def _topic_partitions(admin: Any, name: str) -> int | None:
@@ -162,12 +152,24 @@ def ensure_topic(admin: Any, spec: TopicSpec) -> TopicResult:
 def require_log_append_time(admin: Any, topic: str) -> None:
     """Raise :class:`TopicConfigError` unless ``topic`` exists and uses LogAppendTime timestamps."""
     if _topic_partitions(admin, topic) is None:
-        raise TopicConfigError(f"topic {topic!r} does not exist; run `python -m quoteflow setup` (or quotes_setup)")
+        raise TopicConfigError(f"topic {topic!r} does not exist; run `quoteflow setup` (or quotes_setup)")
     value = describe_topic_config(admin, topic).get(TIMESTAMP_TYPE_KEY)
     if value != LOG_APPEND_TIME:
         raise TopicConfigError(
             f"topic {topic!r} has {TIMESTAMP_TYPE_KEY}={value}; the indexer maps time windows to offsets and needs "
-            f"{LOG_APPEND_TIME}. Fix: run the quotes_setup DAG (or `python -m quoteflow setup`), or "
+            f"{LOG_APPEND_TIME}. Fix: run the quotes_setup DAG (or `quoteflow setup`), or "
             f"kafka-configs --alter --entity-type topics --entity-name {topic} "
             f"--add-config {TIMESTAMP_TYPE_KEY}={LOG_APPEND_TIME}"
         )
+
+
+def check_topic(config: Mapping[str, Any], topic: str) -> int | None:
+    """Refuse (:class:`TopicConfigError`, naming the fix) unless ``topic`` exists with LogAppendTime timestamps.
+
+    Returns the topic's ``max.message.bytes`` (``None`` if the broker does not say), so a producer
+    can keep its batches under it.
+    """
+    admin = admin_client(config)
+    require_log_append_time(admin, topic)
+    value = describe_topic_config(admin, topic).get("max.message.bytes")
+    return int(value) if value and value.isdigit() else None

@@ -18,9 +18,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+
+from quoteflow.kafka import clients
+from quoteflow.kafka.admin import describe_topic_config
+from quoteflow.kafka.clients import admin_client, produce_bounded, producer_config
+from quoteflow.kafka.reader import PartitionRange, offsets_at, read_ranges, topic_partitions, watermarks
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,8 @@ MIN_LIMIT_BYTES = 1024
 BATCH_HEADER_BYTES = 61
 REPLAY_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 REPLAY_TIMEOUT_S = 15.0
+# Letters are few and small: no compression (the size checks above are of uncompressed batches).
+LETTER_PRODUCER_DEFAULTS: dict[str, Any] = {"linger.ms": 20}
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -98,14 +106,6 @@ class DeadLetterDraft:
     reason: str
     detail: str
     timestamp_ms: int
-
-
-def producer_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """An idempotent producer config (``acks=all``) from a Kafka connection config."""
-    drop = {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"}
-    out = {k: v for k, v in config.items() if k not in drop and not k.startswith("enable.partition")}
-    out.update({"enable.idempotence": True, "acks": "all", "linger.ms": 20})
-    return out
 
 
 def _varint_bytes(n: int) -> int:
@@ -198,7 +198,7 @@ class DeadLetterWriter:
         if max_message_bytes is not None and max_message_bytes < MIN_LIMIT_BYTES:
             raise ValueError(f"max_message_bytes must be >= {MIN_LIMIT_BYTES}, got {max_message_bytes}")
         self._source_config = dict(config)
-        self._config = producer_config(config)
+        self._config = producer_config(config, LETTER_PRODUCER_DEFAULTS)
         self.topic = topic
         self.limit = max_message_bytes
         self._producer: Any = None
@@ -209,8 +209,6 @@ class DeadLetterWriter:
 
     def _topic_limit(self) -> int:
         from confluent_kafka import KafkaException
-
-        from quoteflow.kafka.admin import admin_client, describe_topic_config
 
         try:
             value = describe_topic_config(admin_client(self._source_config), self.topic).get("max.message.bytes")
@@ -279,16 +277,7 @@ class DeadLetterWriter:
         while True:  # ends: the limit halves down to MIN_LIMIT_BYTES, then a refusal is raised
             key, value, headers = fit_letter(letter, limit)
             try:
-                producer.produce(
-                    self.topic,
-                    value=value,
-                    key=key,
-                    headers=headers,
-                    on_delivery=partial(self._on_delivery, letter, limit),
-                )
-            except BufferError:
-                producer.poll(0.5)  # local queue full: serve callbacks, then try again
-                continue
+                produce_bounded(producer, self.topic, value, key, headers, partial(self._on_delivery, letter, limit))
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or limit <= MIN_LIMIT_BYTES:
                     raise
@@ -360,8 +349,6 @@ def to_dead_letter(msg: Any) -> DeadLetter:
 
 def read_dead_letters(consumer: Any, topic: str) -> Iterator[DeadLetter]:
     """Every dead letter currently in ``topic`` (low → high watermark of each partition)."""
-    from quoteflow.kafka.ranges import PartitionRange, read_ranges, topic_partitions, watermarks
-
     ranges = []
     for p in topic_partitions(consumer, topic):
         low, high = watermarks(consumer, topic, p)
@@ -373,8 +360,6 @@ def read_dead_letters(consumer: Any, topic: str) -> Iterator[DeadLetter]:
 
 def origins_since(consumer: Any, dlq_topic: str, since_ms: int) -> set[tuple[str, int, int]]:
     """Origins ``(topic, partition, offset)`` of the dead letters written to ``dlq_topic`` since ``since_ms``."""
-    from quoteflow.kafka.ranges import PartitionRange, offsets_at, read_ranges, topic_partitions, watermarks
-
     parts = topic_partitions(consumer, dlq_topic)
     starts = offsets_at(consumer, dlq_topic, parts, max(0, since_ms))
     ranges = [PartitionRange(dlq_topic, p, starts[p], watermarks(consumer, dlq_topic, p)[1]) for p in parts]
@@ -399,17 +384,12 @@ def list_dead_letters(
     config: Mapping[str, Any], dlq_topic: str, *, reason: str | None = None, limit: int = 50
 ) -> dict[str, Any]:
     """Count dead letters by reason and show up to ``limit`` of them (newest origin wins per duplicate)."""
-    from quoteflow.kafka.ranges import make_consumer
-
-    consumer = make_consumer(config, "quoteflow-dlq-list")
-    try:
+    with clients.consumer(config, "quoteflow-dlq-list") as reader:
         letters = {
             (d.origin_topic, d.origin_partition, d.origin_offset): d
-            for d in read_dead_letters(consumer, dlq_topic)
+            for d in read_dead_letters(reader, dlq_topic)
             if reason is None or d.reason == reason
         }
-    finally:
-        consumer.close()
     by_reason: dict[str, int] = {}
     for letter in letters.values():
         by_reason[letter.reason] = by_reason.get(letter.reason, 0) + 1
@@ -448,38 +428,38 @@ def replay_dead_letters(
     """
     from confluent_kafka import Producer, TopicPartition
 
-    from quoteflow.kafka.ranges import PartitionRange, make_consumer, read_ranges, topic_partitions, watermarks
-
-    consumer = make_consumer(config, group_id)
-    pointers: dict[str, Any] = {}  # reason → a consumer of that reason's group (for its committed offsets)
-    done: dict[str, dict[int, int]] = {}
     failures: list[str] = []
     replayed = skipped = 0
     unreplayable: list[str] = []
-    try:
-        parts = topic_partitions(consumer, dlq_topic)
+    with ExitStack() as stack:
+        reader = stack.enter_context(clients.consumer(config, group_id))
+        pointers: dict[str, Any] = {}  # reason → a consumer of that reason's group (for its committed offsets)
+        done: dict[str, dict[int, int]] = {}
+        parts = topic_partitions(reader, dlq_topic)
 
         def done_for(name: str) -> dict[int, int]:
             if name not in done:
-                pointers[name] = make_consumer(config, replay_group(group_id, name))
+                pointers[name] = stack.enter_context(clients.consumer(config, replay_group(group_id, name)))
                 done[name] = _committed(pointers[name], dlq_topic, parts)
             return done[name]
 
-        replayed_all = _committed(consumer, dlq_topic, parts)
+        replayed_all = _committed(reader, dlq_topic, parts)
         ranges = []
         for p in parts:
-            low, high = watermarks(consumer, dlq_topic, p)
+            low, high = watermarks(reader, dlq_topic, p)
             start = max(low, replayed_all.get(p, -1), done_for(reason).get(p, -1) if reason is not None else -1)
             ranges.append(PartitionRange(dlq_topic, p, start, high))
         seen: set[tuple[str, int, int]] = set()
         # A letter is as large as its record was: let the client pass it, the quotes topic took it once.
-        producer = Producer({**producer_config(config), "message.max.bytes": REPLAY_MAX_MESSAGE_BYTES})
+        producer = Producer(
+            {**producer_config(config, LETTER_PRODUCER_DEFAULTS), "message.max.bytes": REPLAY_MAX_MESSAGE_BYTES}
+        )
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
                 failures.append(str(err))
 
-        for batch in read_ranges(consumer, ranges):
+        for batch in read_ranges(reader, ranges):
             for msg in batch:
                 letter = to_dead_letter(msg)
                 origin = (letter.origin_topic, letter.origin_partition, letter.origin_offset)
@@ -495,25 +475,14 @@ def replay_dead_letters(
                     unreplayable.append("-".join(map(str, origin)))
                     continue
                 headers: list[tuple[str, str | bytes | None]] = [("replay.origin", "-".join(map(str, origin)).encode())]
-                while True:
-                    try:
-                        producer.produce(
-                            target_topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
-                        )
-                        break
-                    except BufferError:
-                        producer.poll(0.5)  # local queue full: serve callbacks, then try again
+                produce_bounded(producer, target_topic, letter.value, letter.key, headers, on_delivery)
                 producer.poll(0)
                 replayed += 1
         if producer.flush(FLUSH_TIMEOUT_S) or failures:
             raise DeadLetterError(f"replay to {target_topic!r} not fully acknowledged: {failures[:1] or 'timeout'}")
         ends = [TopicPartition(dlq_topic, r.partition, r.end) for r in ranges if r.size > 0]
         if ends:
-            (consumer if reason is None else pointers[reason]).commit(offsets=ends, asynchronous=False)
-    finally:
-        for pointer in pointers.values():
-            pointer.close()
-        consumer.close()
+            (reader if reason is None else pointers[reason]).commit(offsets=ends, asynchronous=False)
     logger.info(
         "replayed %s dead letter(s)%s from %s into %s (%s skipped)",
         replayed,

@@ -18,24 +18,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from quoteflow.kafka.clients import produce_bounded, producer_config
 from quoteflow.quotes import SCHEMA_HEADER
 from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 
-# Safe, fast defaults; a connection's extra may override the tuning ones, never the safety ones.
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "linger.ms": 20,
-    "batch.size": 1_000_000,
-    "compression.type": "lz4",
-    "queue.buffering.max.messages": 500_000,
-    "queue.buffering.max.kbytes": 262_144,
-    "message.timeout.ms": 300_000,
-    # Come back quickly after a broker restart instead of librdkafka's 10 s reconnect ceiling.
-    "reconnect.backoff.max.ms": 2_000,
-    "client.id": "quoteflow-producer",
-}
-PRODUCER_REQUIRED: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
 # Only failures come back as callbacks: no Python call per delivered record on the hot path.
 _ONLY_ERRORS = {"delivery.report.only.error": True}
 _HEADERS = [SCHEMA_HEADER]
@@ -61,25 +49,6 @@ class DeliveryFailed(KafkaProducerError):
 
 class ProducerFatalError(KafkaProducerError):
     """librdkafka raised a fatal error (e.g. the idempotent producer lost its sequence); the run must stop."""
-
-
-# The kafka_default connection is shared with the indexer; its consumer-only keys mean nothing here.
-_CONSUMER_ONLY = frozenset(
-    {"group.id", "auto.offset.reset", "enable.auto.commit", "enable.auto.offset.store", "isolation.level"}
-)
-
-
-def producer_config(base: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults, then the connection's settings, then the settings quoteflow requires for exactly-once order."""
-    config: dict[str, Any] = {**PRODUCER_DEFAULTS, **{k: v for k, v in base.items() if k not in _CONSUMER_ONLY}}
-    for key, value in PRODUCER_REQUIRED.items():
-        given = config.get(key)
-        if given is not None and str(given).lower() not in (str(value).lower(), "-1" if key == "acks" else "true"):
-            raise ConfigError(f"producer setting {key}={given!r} is not allowed; quoteflow needs {key}={value}")
-        config[key] = value
-    if not config.get("bootstrap.servers"):
-        raise ConfigError("producer config has no bootstrap.servers; set it in the kafka_default connection's extra")
-    return config
 
 
 class QuoteProducer:
@@ -150,30 +119,22 @@ class QuoteProducer:
         fatal error, or when :attr:`abort` is set (a stop request), in which case the record counts
         as failed and :meth:`close` reports it.
         """
-        producer = self._producer
-        while True:
-            try:
-                producer.produce(self.topic, value, key, headers=_HEADERS)
-                break
-            except self._kafka_exception as exc:
-                error: Any = exc.args[0] if exc.args else None
-                if error is None or error.code() != MSG_SIZE_TOO_LARGE:
-                    raise
-                self.sent += 1
-                self._too_large(key, len(value), f"the producer refused it: {error.str()}")
-                return
-            except BufferError:
-                if self.abort is not None and self.abort.is_set():
-                    self.sent += 1
-                    self.failed += 1
-                    if self.first_error is None:
-                        self.first_error = "local queue still full when the stop was requested (is Kafka down?)"
-                    return
-                producer.poll(0.05)
-                if self._fatal:
-                    raise ProducerFatalError(self._fatal) from None
+        try:
+            queued = produce_bounded(self._producer, self.topic, value, key, _HEADERS, None, self.abort, self.poll)
+        except self._kafka_exception as exc:
+            error: Any = exc.args[0] if exc.args else None
+            if error is None or error.code() != MSG_SIZE_TOO_LARGE:
+                raise
+            self.sent += 1
+            self._too_large(key, len(value), f"the producer refused it: {error.str()}")
+            return
         self.sent += 1
-        producer.poll(0)
+        if not queued:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = "local queue still full when the stop was requested (is Kafka down?)"
+            return
+        self._producer.poll(0)
 
     def _too_large(self, key: bytes | None, size: int, why: str) -> None:
         """Count a record Kafka will never take for its size; log the first, then at most one line a minute."""

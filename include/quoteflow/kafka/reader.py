@@ -1,4 +1,4 @@
-"""Offset ranges: a time window → per-partition ``[start, end)`` offsets, and reading exactly such a range.
+"""The reader: a time window → per-partition ``[start, end)`` offsets, and reading exactly such a range.
 
 Bounds come from ``offsets_for_times`` (the first offset whose LogAppendTime is at or after the
 bound; the high watermark when there is none), so consecutive windows tile each partition with
@@ -54,35 +54,12 @@ class PartitionRange:
         return cls(str(data["topic"]), int(data["partition"]), int(data["start"]), int(data["end"]))
 
 
-def consumer_config(config: Mapping[str, Any], group_id: str) -> dict[str, Any]:
-    """A reading-only consumer config: explicit group, no auto-commit, no auto offset store, fail on lost offsets."""
-    out = dict(config)
-    out.update(
-        {
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            # An assigned offset that retention removed must be an error, not a silent jump.
-            "auto.offset.reset": "error",
-            "enable.partition.eof": False,
-        }
-    )
-    return out
-
-
-def make_consumer(config: Mapping[str, Any], group_id: str) -> Any:
-    """A confluent-kafka ``Consumer`` for explicit-offset reads under ``group_id``."""
-    from confluent_kafka import Consumer
-
-    return Consumer(consumer_config(config, group_id))
-
-
 def topic_partitions(consumer: Any, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> list[int]:
     """Partition ids of ``topic``; :class:`ConfigError` if it does not exist."""
     meta = consumer.list_topics(topic=topic, timeout=timeout_s)
     info = meta.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
-        raise ConfigError(f"topic {topic!r} does not exist; run `python -m quoteflow setup` (or quotes_setup)")
+        raise ConfigError(f"topic {topic!r} does not exist; run `quoteflow setup` (or quotes_setup)")
     return sorted(info.partitions)
 
 

@@ -11,7 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from quoteflow.kafka.ranges import offsets_at, topic_partitions, watermarks
+from quoteflow.kafka.clients import consumer_config
+from quoteflow.kafka.reader import offsets_at, topic_partitions, watermarks
 from quoteflow.quotes import InvalidQuote, decode_quote
 
 logger = logging.getLogger(__name__)
@@ -47,19 +48,9 @@ class PartitionLag:
 
 
 def viewer_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A consumer config that reads by assignment only: its own group id, no commits, fail on lost offsets."""
-    out = dict(config)
-    out.update(
-        {
-            "group.id": VIEWER_GROUP,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "latest",
-            "enable.partition.eof": False,
-            "fetch.wait.max.ms": 10,  # a tail read ends at the log end: do not let the broker sit on the fetch
-        }
-    )
-    return out
+    """A consumer config that reads by assignment only: its own group id, no commits, starts at the log end."""
+    # A tail read ends at the log end: do not let the broker sit on the fetch.
+    return consumer_config(config, VIEWER_GROUP, **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
 
 
 def tail_records(

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaException
 from elastic_transport import TransportError
 
-from quoteflow.kafka.ranges import RangeReadError
+from quoteflow.kafka.clients import admin_client
+from quoteflow.kafka.reader import RangeReadError
 from quoteflow.liveview import elastic_view, kafka_view
 from quoteflow.settings import (
     CONSUMER_GROUP,
@@ -180,11 +181,9 @@ class LiveView:
     def _kafka(self) -> tuple[Any, Any]:
         if self._consumer is None:
             from confluent_kafka import Consumer
-            from confluent_kafka.admin import AdminClient
 
             self._consumer = Consumer(kafka_view.viewer_config(self._kafka_config))
-            admin_keys = {k: v for k, v in self._kafka_config.items() if k not in ("group.id", "auto.offset.reset")}
-            self._admin = AdminClient(admin_keys)
+            self._admin = admin_client(self._kafka_config)
         return self._consumer, self._admin
 
     def close(self) -> None:
