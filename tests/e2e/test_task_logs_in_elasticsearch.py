@@ -103,6 +103,29 @@ def test_task_logs_are_found_in_elasticsearch_by_log_id_and_read_back_by_the_api
         assert sources == [pipeline.es_url], sources
 
 
+def test_a_running_tasks_log_is_read_from_its_local_file(pipeline) -> None:
+    """Airflow 3 uploads a log when the task ends; until then the UI shows the local file, which is kept."""
+
+    def running_producer() -> dict[str, Any] | None:
+        runs = pipeline.api("/api/v2/dags/quotes_producer/dagRuns?state=running&limit=5")["dag_runs"]
+        for run in runs:
+            run_id = urllib.parse.quote(run["dag_run_id"], safe="")
+            tis = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run_id}/taskInstances")["task_instances"]
+            for ti in tis:
+                if ti["state"] == "running" and rest_log(pipeline, ti):
+                    return ti
+        return None
+
+    ti = wait_until("a running quotes_producer task with a log", running_producer, DEADLINE, interval=5)
+    events = [str(entry.get("event", "")) for entry in rest_log(pipeline, ti)]
+    sources = events[events.index("::group::Log message source details") + 1 : events.index("::endgroup::")]
+    # The local file (make run starts no log server, so the served-logs attempt beside it fails).
+    local = str(pipeline.state_dir / "airflow" / "logs")
+    assert any(source.startswith(local) and source.endswith(".log") for source in sources), sources
+    assert pipeline.es_url not in sources, sources
+    assert any(event and not event.startswith("::") for event in events[events.index("::endgroup::") :]), events
+
+
 def test_the_kafka_connection_test_button_is_the_providers(pipeline) -> None:
     """Admin → Connections → Test (enabled by make run) runs the Kafka provider's test_connection on the API server."""
     extra = json.dumps({"bootstrap.servers": pipeline.kafka_bootstrap})
