@@ -131,3 +131,23 @@ def test_the_handlers_own_client_writes_and_reads_through_tls_and_a_login(
     calls = proxy.access_lines()[before:]
     assert any(" /_bulk " in line and line.endswith(" 200 login=basic") for line in calls), calls
     assert log_file.exists(), "delete_local_logs is off: the UI reads a running task's log from the file"
+
+
+def test_an_unreachable_elasticsearch_keeps_the_local_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.providers.elasticsearch.log.es_task_handler import ElasticsearchRemoteLogIO
+
+    for name, value in REMOTE_ON.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AIRFLOW__ELASTICSEARCH__HOST", "http://127.0.0.1:1")
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+    io = ElasticsearchRemoteLogIO.from_config()
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="manual__x", map_index=-1, try_number=1)
+    log_file = tmp_path / "attempt=1.log"
+    log_file.write_text(json.dumps({"event": "kept", "level": "info"}) + "\n")
+
+    io.upload("attempt=1.log", ti)  # fails inside, logged, never raised into the task's end
+
+    assert log_file.read_text().startswith('{"event": "kept"')
+    assert "Unable to insert logs into Elasticsearch" in capsys.readouterr().out  # Airflow's structlog output
