@@ -8,19 +8,26 @@
    template settings.
 4. **seed**: one ``PUT /<index>/_doc/<id>`` per document on a sample, extrapolated to docs/s.
 
+Indexer and ceiling alternate over ``ROUNDS`` rounds (which goes first alternates too), each run into
+a fresh index that is deleted after it, so no run inherits another's merges; the figures are medians
+with min–max. ``BENCH_QUICK=1`` preloads 100,000 records instead of 500,000 (same rounds).
+
 Run: ``.venv/bin/python bench/indexer.py [--records N]``; figures go to bench/results.json (section
-``indexer``). Needs the local services (``scripts/services up``).
+``indexer``). ``--index-only --topic T`` times one indexer run over an existing topic and prints it as
+JSON (``bench/_ab.py`` uses it to compare two commits' code). Needs the local services.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +43,11 @@ from quoteflow.elastic.documents import bulk_lines  # noqa: E402
 from quoteflow.elastic.template import ensure_template  # noqa: E402
 from quoteflow.indexer import index_ranges  # noqa: E402
 from quoteflow.kafka.admin import ensure_topic, quotes_topic_spec  # noqa: E402
-from quoteflow.kafka.ranges import PartitionRange, consumer_config, read_ranges, watermarks  # noqa: E402
+
+try:
+    from quoteflow.kafka.reader import PartitionRange, read_ranges, watermarks
+except ImportError:  # the code before the reader was named so (bench/_ab.py against an older commit)
+    from quoteflow.kafka.ranges import PartitionRange, read_ranges, watermarks  # type: ignore[no-redef]
 from quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp  # noqa: E402
 
 BOOTSTRAP = "127.0.0.1:9092"
@@ -44,6 +55,17 @@ ES_URL = "http://127.0.0.1:9200"
 PARTITIONS = 3
 IN_FLIGHT = 2
 SYMBOLS = [f"BINANCE:C{i:03d}USDT" for i in range(50)]
+ROUNDS = 3
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+# A reading-only consumer, as the indexer's own reader configures one.
+READER = {
+    "bootstrap.servers": BOOTSTRAP,
+    "group.id": "bench-indexer",
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "error",
+    "enable.partition.eof": False,
+}
 
 
 def preload(topic: str, records: int) -> float:
@@ -84,7 +106,7 @@ def preload(topic: str, records: int) -> float:
 
 
 def all_ranges(topic: str) -> list[PartitionRange]:
-    consumer = Consumer(consumer_config({"bootstrap.servers": BOOTSTRAP}, "bench-indexer"))
+    consumer = Consumer(READER)
     try:
         return [PartitionRange(topic, p, *watermarks(consumer, topic, p)) for p in range(PARTITIONS)]
     finally:
@@ -93,7 +115,7 @@ def all_ranges(topic: str) -> list[PartitionRange]:
 
 def prebuilt_chunks(ranges: list[PartitionRange], prefix: str) -> list[bytes]:
     """The indexer's exact NDJSON, chunked like the indexer (count and bytes), built before timing."""
-    consumer = Consumer(consumer_config({"bootstrap.servers": BOOTSTRAP}, "bench-indexer"))
+    consumer = Consumer(READER)
     chunks: list[bytes] = []
     current: list[bytes] = []
     size = 0
@@ -146,11 +168,57 @@ def drop(es: Elasticsearch, pattern: str) -> None:
     es.options(ignore_status=404).indices.delete(index=pattern, expand_wildcards="all")
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Median with min and max, as every figure here is reported."""
+    return {"median": round(median(values)), "min": round(min(values)), "max": round(max(values))}
+
+
+def run_indexer(es: Elasticsearch, ranges: list[PartitionRange], prefix: str, run: str) -> tuple[float, int]:
+    """``index_ranges`` over ``ranges`` into the fresh indices ``<prefix>*``; (seconds, documents in ES)."""
+    total = sum(r.size for r in ranges)
+    started = time.perf_counter()
+    summary = index_ranges(
+        {"bootstrap.servers": BOOTSTRAP},
+        es,
+        ranges,
+        dlq_topic=f"{ranges[0].topic}.dlq",
+        index_prefix=prefix,
+        group_id=f"bench-{run}",
+        in_flight=IN_FLIGHT,
+    )
+    seconds = time.perf_counter() - started
+    if summary.indexed != total:
+        raise RuntimeError(f"indexer indexed {summary.indexed} of {total}")
+    es.indices.refresh(index=f"{prefix}*")
+    return seconds, es.count(index=f"{prefix}*")["count"]
+
+
+def index_only(topic: str) -> int:
+    """One indexer run over every offset of ``topic`` into a fresh index, printed as JSON, index deleted."""
+    run = uuid.uuid4().hex[:8]
+    prefix = f"quotes-bench-{run}-indexer-"
+    es = Elasticsearch(ES_URL, request_timeout=120)
+    ranges = all_ranges(topic)
+    total = sum(r.size for r in ranges)
+    try:
+        seconds, count = run_indexer(es, ranges, prefix, run)
+    finally:
+        drop(es, f"{prefix}*")
+    print(json.dumps({"records": total, "seconds": round(seconds, 3), "docs_per_s": round(total / seconds)}))
+    return 0 if count == total else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=500_000)
+    parser.add_argument("--records", type=int, default=100_000 if QUICK else 500_000)
     parser.add_argument("--seed-sample", type=int, default=2_000)
+    parser.add_argument("--index-only", action="store_true", help="time one indexer run over --topic, print JSON")
+    parser.add_argument("--topic", help="with --index-only: the preloaded topic to index")
     args = parser.parse_args()
+    if args.index_only:
+        if not args.topic:
+            parser.error("--index-only needs --topic")
+        return index_only(args.topic)
 
     run = uuid.uuid4().hex[:8]
     topic = f"bench.indexer.{run}"
@@ -166,58 +234,58 @@ def main() -> int:
         total = sum(r.size for r in ranges)
         print(f"preloaded {total} quotes in {produce_s:.1f}s", flush=True)
 
-        chunks = prebuilt_chunks(ranges, f"{base}-ceiling-")
-        warm = prebuilt_chunks([PartitionRange(topic, 0, ranges[0].start, ranges[0].start + 20_000)], f"{base}-warm-")
+        first = ranges[0]
+        warm_range = PartitionRange(topic, 0, first.start, min(first.end, first.start + 20_000))
+        warm = prebuilt_chunks([warm_range], f"{base}-warm-")
         send_chunks(es, warm)  # JIT and caches warm before anything is timed
         drop(es, f"{base}-warm-*")
 
-        # Each phase starts on an empty node: the previous phase's indices are deleted, so no
-        # background merge of one phase slows the next.
-        ceiling_s = send_chunks(es, chunks)
-        ceiling_rate = total / ceiling_s
-        print(f"ceiling: {total} docs in {ceiling_s:.1f}s = {ceiling_rate:,.0f} docs/s", flush=True)
-        drop(es, f"{base}-ceiling-*")
-
-        started = time.perf_counter()
-        summary = index_ranges(
-            {"bootstrap.servers": BOOTSTRAP},
-            es,
-            ranges,
-            dlq_topic=dlq,
-            index_prefix=f"{base}-indexer-",
-            group_id=f"bench-{run}",
-            in_flight=IN_FLIGHT,
-        )
-        indexer_s = time.perf_counter() - started
-        if summary.indexed != total:
-            raise RuntimeError(f"indexer indexed {summary.indexed} of {total}")
-        indexer_rate = total / indexer_s
-        print(f"indexer: {total} docs in {indexer_s:.1f}s = {indexer_rate:,.0f} docs/s", flush=True)
-        es.indices.refresh(index=f"{base}-indexer-*")
-        indexed_count = es.count(index=f"{base}-indexer-*")["count"]
-        drop(es, f"{base}-indexer-*")
+        ceiling_rates: list[float] = []
+        indexer_rates: list[float] = []
+        counts: list[int] = []
+        chunks: list[bytes] = []
+        for round_no in range(ROUNDS):
+            # Each run writes fresh indices and deletes them after: no run inherits another's merges.
+            ceiling_prefix = f"{base}-r{round_no}-ceiling-"
+            chunks = prebuilt_chunks(ranges, ceiling_prefix)
+            for phase in ("ceiling", "indexer") if round_no % 2 == 0 else ("indexer", "ceiling"):
+                if phase == "ceiling":
+                    seconds = send_chunks(es, chunks)
+                    ceiling_rates.append(total / seconds)
+                    drop(es, f"{ceiling_prefix}*")
+                else:
+                    prefix = f"{base}-r{round_no}-indexer-"
+                    seconds, count = run_indexer(es, ranges, prefix, f"{run}-{round_no}")
+                    indexer_rates.append(total / seconds)
+                    counts.append(count)
+                    drop(es, f"{prefix}*")
+                print(f"round {round_no + 1} {phase}: {total} docs in {seconds:.1f}s = {total / seconds:,.0f} docs/s")
 
         seed_docs, seed_s = seed_way(es, chunks, args.seed_sample)
         seed_rate = seed_docs / seed_s
         print(f"seed:    {seed_docs} docs in {seed_s:.1f}s = {seed_rate:,.0f} docs/s (extrapolated)", flush=True)
 
+        indexer_rate = median(indexer_rates)
+        ceiling_rate = median(ceiling_rates)
         figures = {
             "records": total,
+            "rounds": ROUNDS,
             "partitions": PARTITIONS,
             "chunk_docs": DEFAULT_CHUNK_DOCS,
             "chunk_bytes": DEFAULT_CHUNK_BYTES,
             "in_flight": IN_FLIGHT,
             "preload_s": round(produce_s, 2),
             "indexer_docs_per_s": round(indexer_rate),
-            "indexer_s": round(indexer_s, 2),
-            "indexer_count_in_es": indexed_count,
+            "indexer_docs_per_s_spread": spread(indexer_rates),
+            "indexer_count_in_es": min(counts),
             "ceiling_docs_per_s": round(ceiling_rate),
-            "ceiling_s": round(ceiling_s, 2),
+            "ceiling_docs_per_s_spread": spread(ceiling_rates),
             "seed_docs_per_s": round(seed_rate, 1),
             "seed_sample_docs": seed_docs,
             "ratio_indexer_to_ceiling": round(indexer_rate / ceiling_rate, 3),
             "ratio_indexer_to_seed": round(indexer_rate / seed_rate, 1),
             "targets": {"ratio_indexer_to_ceiling": 0.8, "ratio_indexer_to_seed": 30},
+            "notes": "medians of alternating rounds (min-max in *_spread), each run into a fresh index",
         }
         write_section("indexer", figures)
         print(json.dumps(figures, indent=2))

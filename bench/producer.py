@@ -12,6 +12,8 @@ LogAppendTime topic on the local broker (``make services``):
    one-packet-per-message feed, where it can work at all.
 
 Figures (quotes/s delivered to Kafka, ratio, peak RSS) go to bench/results.json via write_section.
+``BENCH_QUICK=1`` runs each measurement for 5 s instead of 10 s (same rounds). ``bench/_ab.py`` calls
+:func:`run_quoteflow` with ``src`` set to run another commit's code.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ from _results import write_section  # noqa: E402
 
 BOOTSTRAP = os.environ.get("QUOTEFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 SYMBOL_COUNT = 500
-RUN_SECONDS = 10.0
-BASELINE_SECONDS = 8.0
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+RUN_SECONDS = 5.0 if QUICK else 10.0
+BASELINE_SECONDS = 4.0 if QUICK else 8.0
 # Alternate quoteflow and baseline runs and keep medians: the shared 2-core box is noisy.
 ROUNDS = 3
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+SRC = ROOT / "include"  # the library this checkout holds, ahead of whatever else is installed
+
+
+def _env(src: Path = SRC) -> dict[str, str]:
+    """The environment of a child process that runs the library found in ``src``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
 
 
 def _free_port() -> int:
@@ -55,7 +63,7 @@ def _start_feed(packets_per_message: int) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "quoteflow", "--log-level", "WARNING", "serve-feed", "--port", str(port),
          "--synthetic", "--symbols", str(SYMBOL_COUNT), "--rate", "0",
          "--packets-per-message", str(packets_per_message), "--seed", "1"],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -100,8 +108,13 @@ def _records_in(topic: str) -> int:
         consumer.close()
 
 
-def run_quoteflow(admin, symbols: list[str], packets_per_message: int, seconds: float = RUN_SECONDS) -> dict:
-    """The ``produce`` command for RUN_SECONDS; quotes/s from its own summary, RSS sampled from /proc."""
+def run_quoteflow(
+    admin, symbols: list[str], packets_per_message: int, seconds: float = RUN_SECONDS, src: Path = SRC
+) -> dict:
+    """The ``produce`` command of the library in ``src`` for ``seconds``; quotes/s from its own summary, RSS from /proc.
+
+    The feed is always this checkout's, so two libraries compared by ``bench/_ab.py`` meet the same feed.
+    """
     feed, url = _start_feed(packets_per_message)
     topic = _topic(admin)
     try:
@@ -109,7 +122,7 @@ def run_quoteflow(admin, symbols: list[str], packets_per_message: int, seconds: 
             [sys.executable, "-m", "quoteflow", "--log-level", "WARNING", "produce", "--url", url,
              "--symbols", ",".join(symbols), "--topic", topic, "--bootstrap", BOOTSTRAP,
              "--max-seconds", str(seconds)],
-            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT, env=_env(src), stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         peak = 0.0
         while proc.poll() is None:
