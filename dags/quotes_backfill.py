@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
+from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
-
-from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 
 @dag(
@@ -72,34 +70,17 @@ def quotes_backfill():
     @task
     def run_backfill(params=None) -> dict:
         """Resolve the requested range and re-index it (or only report it on a dry run)."""
-        from airflow.sdk.exceptions import AirflowFailException
-        from elasticsearch import Elasticsearch
+        from quoteflow import jobs
 
-        from quoteflow.backfill import backfill
-        from quoteflow.indexer import parse_bound
-        from quoteflow.settings import ConfigError, elasticsearch_client_args, kafka_config
-
-        try:
-            if params["mode"] == "offsets":
-                start, end = int(params["start"]), int(params["end"])
-            else:
-                start, end = parse_bound(params["start"]), parse_bound(params["end"])
-            with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
-                return backfill(
-                    kafka_config(connection_info(KAFKA_CONN_ID).extra),
-                    es,
-                    mode=params["mode"],
-                    start=start,
-                    end=end,
-                    partitions=params["partitions"] or None,
-                    topic=params["topic"],
-                    dlq_topic=params["dlq_topic"],
-                    index_prefix=params["index_prefix"],
-                    group_id=params["group_id"],
-                    dry_run=bool(params["dry_run"]),
-                )
-        except (ConfigError, ValueError) as exc:  # a wrong request: retrying cannot help
-            raise AirflowFailException(str(exc)) from exc
+        with config_errors_fail(ValueError):  # a wrong request: retrying cannot help
+            return jobs.backfill(
+                pipeline(params, elasticsearch=not params["dry_run"]),
+                mode=params["mode"],
+                start=params["start"],
+                end=params["end"],
+                partitions=params["partitions"],
+                dry_run=bool(params["dry_run"]),
+            )
 
     run_backfill()
 

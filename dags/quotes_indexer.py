@@ -22,11 +22,9 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
+from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
-
-from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 # Catchup starts here; set it to the deployment time so a fresh install does not replay days of empty windows.
 START_DATE = datetime.fromisoformat(os.environ.get("QUOTEFLOW_INDEXER_START_DATE", "2026-11-28T00:00:00+00:00"))
@@ -78,59 +76,28 @@ def quotes_indexer():
     @task
     def plan(data_interval_start=None, data_interval_end=None, params=None) -> list[list[dict]]:
         """The window's offset ranges, split into partition groups."""
-        from airflow.sdk.exceptions import AirflowFailException
+        from quoteflow import jobs
 
-        from quoteflow.indexer import plan_window
-        from quoteflow.settings import ConfigError, kafka_config
-
-        try:
-            return plan_window(
-                kafka_config(connection_info(KAFKA_CONN_ID).extra),
-                data_interval_start,
-                data_interval_end,
-                topic=params["topic"],
-                groups=params["partition_groups"],
-                group_id=params["group_id"],
-            )
-        except ConfigError as exc:  # retrying cannot fix configuration
-            raise AirflowFailException(str(exc)) from exc
+        with config_errors_fail():
+            p = pipeline(params, elasticsearch=False)
+            return jobs.plan(p, data_interval_start, data_interval_end, params["partition_groups"])
 
     @task
     def index_group(ranges: list[dict], params=None) -> dict:
         """Index exactly these offset ranges (or dead-letter their bad records)."""
-        from elasticsearch import Elasticsearch
+        from quoteflow import jobs
 
-        from quoteflow.elastic.bulk import RetryPolicy
-        from quoteflow.indexer import index_ranges
-        from quoteflow.settings import elasticsearch_client_args, kafka_config
-
-        with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
-            summary = index_ranges(
-                kafka_config(connection_info(KAFKA_CONN_ID).extra),
-                es,
-                ranges,
-                dlq_topic=params["dlq_topic"],
-                index_prefix=params["index_prefix"],
-                group_id=params["group_id"],
-                retry=RetryPolicy(budget_s=float(params["retry_budget_s"])),
-                label=f"partitions {[r['partition'] for r in ranges]}",
-            )
-        return summary.to_dict()
+        with config_errors_fail():
+            return jobs.index_group(pipeline(params), ranges)
 
     @task
     def finish(summaries, data_interval_start=None, data_interval_end=None, params=None) -> dict:
         """Commit the window's offsets (for lag tools) and log its summary line."""
-        from quoteflow.indexer import finish_window
-        from quoteflow.settings import kafka_config
+        from quoteflow import jobs
 
-        return finish_window(
-            kafka_config(connection_info(KAFKA_CONN_ID).extra),
-            list(summaries),
-            data_interval_start,
-            data_interval_end,
-            topic=params["topic"],
-            group_id=params["group_id"],
-        )
+        with config_errors_fail():
+            p = pipeline(params, elasticsearch=False)
+            return jobs.finish(p, list(summaries), data_interval_start, data_interval_end)
 
     finish(index_group.expand(ranges=plan()))
 

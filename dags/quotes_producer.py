@@ -33,6 +33,7 @@ from typing import Any
 
 from _shared.connections import connection_info
 from _shared.params import topic_param
+from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import BaseOperator, Param, dag
 
 from quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
@@ -61,30 +62,24 @@ class QuotesProducerOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         """Stream until the time limit or a stop request; the summary goes to XCom."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from quoteflow.settings import ConfigError, kafka_config
-        from quoteflow.stream import ProducerRun, client_config, feed_url, run_producer
+        from quoteflow import jobs
 
         params = context["params"]
         if self._stop is None:
             self._stop = threading.Event()
-        try:
-            kafka = connection_info(self.kafka_conn_id)
-            tradingview = connection_info(self.tradingview_conn_id, required=False)
-            run = ProducerRun(
-                client=client_config(feed_url(params["url"], tradingview), list(params["symbols"]), tradingview),
-                kafka=kafka_config(kafka.extra if kafka else None, conn_id=self.kafka_conn_id),
-                topic=params["topic"],
+        # Retrying cannot fix configuration (a missing topic, a token for a foreign host, or every
+        # symbol refused by TradingView, which is NoValidSymbols): fail this try, no retries.
+        with config_errors_fail():
+            return jobs.produce(
+                pipeline(params, elasticsearch=False, kafka_conn_id=self.kafka_conn_id),
+                url=params["url"],
+                symbols=params["symbols"],
+                tradingview=connection_info(self.tradingview_conn_id, required=False),
                 max_seconds=float(params["max_runtime_minutes"]) * 60.0,
                 stats_interval=self.stats_interval_s,
                 flush_timeout=self.flush_timeout_s,
+                stop=self._stop,
             )
-            return run_producer(run, self._stop)
-        except ConfigError as exc:
-            # Retrying cannot fix configuration (a missing topic, a token for a foreign host, or every
-            # symbol refused by TradingView, which is NoValidSymbols): fail this try, no retries.
-            raise AirflowFailException(str(exc)) from exc
 
     def on_kill(self) -> None:
         """Airflow's SIGTERM handler calls only this: ask the loop to flush and return."""

@@ -6,18 +6,16 @@ indexer group's committed offset, the end of the last completed window — with 
 holds, counted by `kafka.offset` with histogram aggregations (no document scan), minus the
 offsets that went to the dead-letter topic. Holes are reported as offset ranges; with `repair`
 (the default) they are re-indexed through the idempotent backfill path and checked again. The task
-fails if holes remain after a repair.
+fails if holes remain: after the repair, or, with `repair` off, the holes found (the CLI's verdict too).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
+from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
-
-from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID
 
 
 @dag(
@@ -50,25 +48,12 @@ def quotes_reconcile():
     @task
     def reconcile(params=None) -> dict:
         """Report (and repair) holes; fail if any remain."""
-        from elasticsearch import Elasticsearch
+        from quoteflow import jobs
 
-        from quoteflow.reconcile import reconcile as run_reconcile
-        from quoteflow.settings import elasticsearch_client_args, kafka_config
-
-        with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
-            result = run_reconcile(
-                kafka_config(connection_info(KAFKA_CONN_ID).extra),
-                es,
-                repair=bool(params["repair"]),
-                until=params["until"],
-                topic=params["topic"],
-                dlq_topic=params["dlq_topic"],
-                index_prefix=params["index_prefix"],
-                group_id=params["group_id"],
-            )
-        remaining = result.get("missing_after_repair", 0 if not params["repair"] else result["missing"])
-        if params["repair"] and remaining:
-            raise RuntimeError(f"{remaining} offset(s) still missing from Elasticsearch after repair: {result}")
+        with config_errors_fail():
+            result = jobs.reconcile(pipeline(params), repair=bool(params["repair"]), until=params["until"])
+        if not result["ok"]:
+            raise RuntimeError(f"{result['remaining']} offset(s) missing from Elasticsearch: {result}")
         return result
 
     reconcile()

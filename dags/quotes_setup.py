@@ -19,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 from _shared.connections import connection_info
 from _shared.params import dlq_topic_param, topic_param
+from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
 
-from quoteflow.settings import ELASTICSEARCH_CONN_ID, KAFKA_CONN_ID, KIBANA_CONN_ID
+from quoteflow.settings import KIBANA_CONN_ID
 
 
 @dag(
@@ -78,40 +79,32 @@ def quotes_setup():
     @task
     def kafka_topics(params=None) -> dict:
         """Create or align the quotes and dead-letter topics."""
-        from quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
-        from quoteflow.settings import kafka_config
+        from quoteflow import jobs
 
-        admin = admin_client(kafka_config(connection_info(KAFKA_CONN_ID).extra))
-        hour_ms = 3600 * 1000
-        parts, rf = int(params["partitions"]), int(params["replication_factor"])
-        results = [
-            ensure_topic(
-                admin, quotes_topic_spec(params["topic"], parts, int(params["retention_hours"] * hour_ms), rf)
-            ),
-            ensure_topic(
-                admin, dlq_topic_spec(params["dlq_topic"], parts, int(params["dlq_retention_days"] * 24 * hour_ms), rf)
-            ),
-        ]
-        return {r.name: {"created": r.created, "changes": r.changes, "changed": r.changed} for r in results}
+        with config_errors_fail():
+            settings = jobs.TopicSettings(
+                params["partitions"],
+                params["retention_hours"],
+                params["dlq_retention_days"],
+                params["replication_factor"],
+            )
+            return jobs.setup_topics(pipeline(params, elasticsearch=False), settings)
 
     @task
     def es_template() -> str:
         """Create or update the `quotes` index template."""
-        from elasticsearch import Elasticsearch
+        from quoteflow import jobs
 
-        from quoteflow.elastic.template import ensure_template
-        from quoteflow.settings import elasticsearch_client_args
-
-        with Elasticsearch(**elasticsearch_client_args(connection_info(ELASTICSEARCH_CONN_ID))) as es:
-            return ensure_template(es)
+        with config_errors_fail():
+            return jobs.setup_template(pipeline({}, kafka=False))
 
     @task
     def kibana_objects(params=None) -> dict:
         """Data view and saved objects in Kibana, or a logged skip without `kibana_default`."""
-        from quoteflow.kibana import setup_kibana
+        from quoteflow import jobs
 
-        info = connection_info(KIBANA_CONN_ID, required=False)
-        return setup_kibana(info, timeout_s=float(params["kibana_timeout_s"]))
+        with config_errors_fail():
+            return jobs.setup_kibana(connection_info(KIBANA_CONN_ID, required=False), float(params["kibana_timeout_s"]))
 
     kafka_topics() >> es_template() >> kibana_objects()
 

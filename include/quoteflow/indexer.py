@@ -70,6 +70,7 @@ class IndexSummary:
     bulk_requests: int = 0
     elapsed_s: float = 0.0
     lag_records: int = 0
+    lag_seconds: float = 0.0
     committed: dict[int, int] = field(default_factory=dict)
     ranges: list[dict[str, Any]] = field(default_factory=list)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
@@ -205,11 +206,12 @@ def index_ranges(
     chunk_docs: int = 2000,
     chunk_bytes: int = 5 * 1024 * 1024,
     in_flight: int = 2,
-    label: str = "ranges",
+    label: str | None = None,
 ) -> IndexSummary:
     """Read exactly ``ranges`` and index every record (or dead-letter it); commit forward only if ``commit``."""
     check_index_prefix(index_prefix)
     parts = [r if isinstance(r, PartitionRange) else PartitionRange.from_dict(r) for r in ranges]
+    label = label or f"partitions {[r.partition for r in parts]}"
     started = time.monotonic()
     summary = IndexSummary(ranges=[r.to_dict() for r in parts])
     if not any(r.size for r in parts):
@@ -312,23 +314,20 @@ def index_window(
     retry: RetryPolicy | None = None,
     commit: bool = True,
     now: datetime | None = None,
+    groups: int = 1,
 ) -> IndexSummary:
-    """Index every record appended to ``topic`` in ``[start, end)``; commit the group's offsets after success."""
-    groups = plan_window(kafka_config, start, end, topic=topic, groups=1, group_id=group_id, now=now)
-    ranges = [r for group in groups for r in group]
-    lag_s = max(0.0, (datetime.now(UTC) - end).total_seconds())
-    summary = index_ranges(
-        kafka_config,
-        es,
-        ranges,
-        dlq_topic=dlq_topic,
-        index_prefix=index_prefix,
-        group_id=group_id,
-        commit=commit,
-        retry=retry,
-        label=f"window [{start.isoformat()}, {end.isoformat()}) of {topic} ({lag_s:.0f}s after its end)",
-    )
-    return summary
+    """Index every record appended to ``topic`` in ``[start, end)``: the DAG's three steps, one after another.
+
+    :func:`plan_window` → :func:`index_ranges` for each partition group → :func:`finish_window`.
+    """
+    planned = plan_window(kafka_config, start, end, topic=topic, groups=groups, group_id=group_id, now=now)
+    parts = [
+        index_ranges(
+            kafka_config, es, group, dlq_topic=dlq_topic, index_prefix=index_prefix, group_id=group_id, retry=retry
+        ).to_dict()
+        for group in planned
+    ]
+    return finish_window(kafka_config, parts, start, end, topic=topic, group_id=group_id, commit=commit)
 
 
 def finish_window(
@@ -339,11 +338,13 @@ def finish_window(
     *,
     topic: str = QUOTES_TOPIC,
     group_id: str = CONSUMER_GROUP,
-) -> dict[str, Any]:
-    """After every partition group succeeded: commit the window's ends and log the one summary line."""
+    commit: bool = True,
+) -> IndexSummary:
+    """After every partition group succeeded: commit the window's ends (unless not ``commit``), log its one line."""
     total = IndexSummary.merge(summaries)
-    total.committed = commit_window(kafka_config, total.ranges, group_id=group_id)
-    lag_s = max(0.0, (datetime.now(UTC) - end).total_seconds())
+    if commit:
+        total.committed = commit_window(kafka_config, total.ranges, group_id=group_id)
+    total.lag_seconds = round(max(0.0, (datetime.now(UTC) - end).total_seconds()), 1)
     logger.info(
         "window [%s, %s) of %s: read=%s indexed=%s dead_lettered=%s retries=%s elapsed=%.2fs "
         "lag=%s records, %.0fs behind; committed=%s",
@@ -356,7 +357,7 @@ def finish_window(
         total.retries,
         total.elapsed_s,
         total.lag_records,
-        lag_s,
+        total.lag_seconds,
         total.committed,
     )
-    return {**total.to_dict(), "lag_seconds": round(lag_s, 1)}
+    return total

@@ -177,7 +177,8 @@ def test_the_window_summary_lag_is_the_records_appended_after_the_window(env) ->
         for g in groups
     ]
     assert {p.lag_records for p in parts} == {7, 5}  # the group with nothing to read still sees partition 1's lag
-    result = finish_window(env["cfg"], [p.to_dict() for p in parts], start, end, topic=topic, group_id=env["group"])
+    summaries = [p.to_dict() for p in parts]
+    result = finish_window(env["cfg"], summaries, start, end, topic=topic, group_id=env["group"]).to_dict()
     assert (result["read"], result["indexed"], result["lag_records"]) == (20, 20, 12)
 
     # Independently: the log end offsets minus what the group committed for the window.

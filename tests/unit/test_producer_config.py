@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from quoteflow.cli_producer import register
+from quoteflow.cli import build_parser
 from quoteflow.kafka.clients import producer_config
 from quoteflow.kafka.quote_producer import QuoteProducer
 from quoteflow.settings import ConfigError, ConnectionInfo
@@ -84,9 +84,7 @@ def test_producer_run_validates_early():
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser
+    return build_parser()
 
 
 def test_cli_flags_are_the_documented_ones():
@@ -110,7 +108,7 @@ def test_cli_flags_are_the_documented_ones():
 
 
 def test_symbols_flag_keeps_the_commas_inside_json_specs() -> None:
-    from quoteflow.cli_producer import split_symbol_list
+    from quoteflow.cli.produce import split_symbol_list
 
     spec = '={"session":"regular","symbol":"BINANCE:SOLUSDT"}'
     tricky = '={"symbol":"A:B","note":"a,}b\\""}'

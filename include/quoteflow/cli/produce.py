@@ -1,0 +1,96 @@
+"""``quoteflow produce``: stream TradingView quotes into Kafka; one JSON summary line at exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from quoteflow import jobs
+from quoteflow.cli.common import kafka_from_env, stop_on_signals
+from quoteflow.settings import (
+    DEFAULT_SYMBOLS,
+    KAFKA_CONN_ID,
+    QUOTES_TOPIC,
+    TRADINGVIEW_CONN_ID,
+    TRADINGVIEW_URL,
+    connection_from_env,
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``produce``."""
+    produce = subparsers.add_parser("produce", help="stream TradingView quotes into Kafka")
+    produce.add_argument("--url", default=TRADINGVIEW_URL)
+    produce.add_argument(
+        "--symbols",
+        default=",".join(DEFAULT_SYMBOLS),
+        help='comma-separated EXCHANGE:TICKER or =JSON specs, e.g. \'={"symbol":"BINANCE:SOLUSDT"},BINANCE:BTCUSDT\'',
+    )
+    produce.add_argument("--topic", default=QUOTES_TOPIC)
+    produce.add_argument("--bootstrap", metavar="HOST:PORT", help=f"Kafka servers (else {KAFKA_CONN_ID} connection)")
+    produce.add_argument("--max-seconds", type=float, help="stop cleanly after N seconds")
+    produce.add_argument("--record", metavar="FILE", help="append every raw websocket message to a JSONL file")
+    produce.add_argument("--watchdog-timeout", type=float)
+    produce.add_argument("--backoff-initial", type=float)
+    produce.add_argument("--backoff-cap", type=float)
+    produce.add_argument("--auth-retry-delay", type=float)
+    produce.add_argument("--stats-interval", type=float, default=30.0)
+    produce.add_argument("--skip-topic-check", action="store_true", help="do not require an existing topic")
+    produce.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stream quotes to Kafka; print the JSON summary; 0 unless records were lost."""
+    from quoteflow.kafka.quote_producer import DeliveryFailed
+
+    if args.bootstrap:
+        kafka = {"bootstrap.servers": args.bootstrap}
+    else:
+        kafka = kafka_from_env(KAFKA_CONN_ID, " (or pass --bootstrap HOST:PORT)")
+    try:
+        summary = jobs.produce(
+            jobs.Pipeline(kafka=kafka, topic=args.topic),
+            url=args.url,
+            symbols=split_symbol_list(args.symbols),
+            tradingview=connection_from_env(TRADINGVIEW_CONN_ID),
+            max_seconds=args.max_seconds,
+            stats_interval=args.stats_interval,
+            check_topic=not args.skip_topic_check,
+            record_path=args.record,
+            stop=stop_on_signals(),
+            watchdog_timeout=args.watchdog_timeout,
+            backoff_initial=args.backoff_initial,
+            backoff_cap=args.backoff_cap,
+            auth_retry_delay=args.auth_retry_delay,
+        )
+    except DeliveryFailed as exc:
+        print(json.dumps({**getattr(exc, "summary", {}), "error": str(exc)}), flush=True)
+        return 1
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def split_symbol_list(text: str) -> list[str]:
+    """Split ``--symbols`` on the commas outside ``=``-JSON specs, whose own commas belong to them."""
+    symbols: list[str] = []
+    depth, in_string, escaped, start = 0, False, False, 0
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            symbols.append(text[start:i])
+            start = i + 1
+    symbols.append(text[start:])
+    return [s.strip() for s in symbols if s.strip()]

@@ -1,0 +1,25 @@
+"""``quoteflow reconcile``: compare Kafka with Elasticsearch, list (and with --repair, fill) the holes."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from quoteflow import jobs
+from quoteflow.cli.common import add_pipeline_flags, pipeline, print_line, reported
+
+
+def register(subparsers: Any) -> None:
+    """Add ``reconcile``."""
+    p = subparsers.add_parser("reconcile", help="find (and with --repair, fill) holes between Kafka and ES")
+    add_pipeline_flags(p)
+    p.add_argument("--repair", action="store_true")
+    p.add_argument("--until", choices=("committed", "high"), default="committed")
+    p.set_defaults(func=reported("reconcile", run))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report; exit 1 if holes remain (the job's verdict)."""
+    result = jobs.reconcile(pipeline(args), repair=args.repair, until=args.until)
+    print_line({"command": "reconcile", **result})
+    return 0 if result["ok"] else 1

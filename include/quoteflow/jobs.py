@@ -1,0 +1,267 @@
+"""The pipeline's jobs, each written once: the DAG tasks and the CLI commands are single calls into here.
+
+A :class:`Pipeline` holds the names a job works on (quotes topic, dead-letter topic, index prefix,
+consumer group) and how to reach the services (a librdkafka config, Elasticsearch client
+arguments). Every job returns a plain, JSON-able summary. Configuration errors are raised as
+:class:`~quoteflow.settings.ConfigError`; the DAGs turn them into failures without retries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from quoteflow import indexer
+from quoteflow.elastic.bulk import RetryPolicy
+from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError, ConnectionInfo
+
+HOUR_MS = 3600 * 1000
+BACKFILL_MODES = ("offsets", "time")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What a job works on: the topic, dead-letter topic, index prefix and group, and how to reach Kafka and ES."""
+
+    kafka: Mapping[str, Any]
+    es_args: Mapping[str, Any] | None = None
+    topic: str = QUOTES_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    index_prefix: str = INDEX_PREFIX
+    group_id: str = CONSUMER_GROUP
+    retry: RetryPolicy | None = None
+
+    @contextmanager
+    def elasticsearch(self) -> Iterator[Any]:
+        """An Elasticsearch client for one job, closed after it."""
+        from elasticsearch import Elasticsearch
+
+        if self.es_args is None:
+            raise ConfigError("this job needs Elasticsearch, and no Elasticsearch connection was given")
+        with Elasticsearch(**self.es_args) as es:
+            yield es
+
+
+# ------------------------------------------------------------------ setup
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """Partitions, retentions and replication of the quotes and dead-letter topics."""
+
+    partitions: int = 3
+    retention_hours: float = 72.0
+    dlq_retention_days: float = 30.0
+    replication_factor: int = 1
+
+
+def setup_topics(p: Pipeline, settings: TopicSettings) -> dict[str, dict[str, Any]]:
+    """Create or align the quotes and dead-letter topics; per topic, whether and how it changed."""
+    from quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
+
+    admin = admin_client(p.kafka)
+    parts, rf = int(settings.partitions), int(settings.replication_factor)
+    specs = [
+        quotes_topic_spec(p.topic, parts, int(settings.retention_hours * HOUR_MS), rf),
+        dlq_topic_spec(p.dlq_topic, parts, int(settings.dlq_retention_days * 24 * HOUR_MS), rf),
+    ]
+    results = [ensure_topic(admin, spec) for spec in specs]
+    return {r.name: {"created": r.created, "changes": r.changes, "changed": r.changed} for r in results}
+
+
+def setup_template(p: Pipeline) -> str:
+    """Create or update the ``quotes`` index template; what was done (``unchanged`` on a re-run)."""
+    from quoteflow.elastic.template import ensure_template
+
+    with p.elasticsearch() as es:
+        return ensure_template(es)
+
+
+def setup_kibana(kibana: ConnectionInfo | None, timeout_s: float) -> dict[str, Any]:
+    """The data view and saved objects in Kibana; a logged skip without a Kibana connection."""
+    from quoteflow import kibana as kibana_setup
+
+    return kibana_setup.setup_kibana(kibana, timeout_s=timeout_s)
+
+
+def setup(
+    p: Pipeline, settings: TopicSettings, kibana: ConnectionInfo | None, kibana_timeout_s: float
+) -> dict[str, Any]:
+    """Topics, index template and Kibana objects, in that order (idempotent); ``changed`` if anything did."""
+    topics = setup_topics(p, settings)
+    template = setup_template(p)
+    objects = setup_kibana(kibana, kibana_timeout_s)
+    changed = any(t["changed"] for t in topics.values()) or template != "unchanged" or objects.get("changed", False)
+    return {"changed": changed, "topics": topics, "template": template, "kibana": objects}
+
+
+# ------------------------------------------------------------------ produce
+
+
+def produce(
+    p: Pipeline,
+    *,
+    url: str,
+    symbols: Sequence[str],
+    tradingview: ConnectionInfo | None = None,
+    max_seconds: float | None = None,
+    stats_interval: float = 30.0,
+    flush_timeout: float = 4.0,
+    check_topic: bool = True,
+    record_path: str | None = None,
+    stop: threading.Event | None = None,
+    **client_overrides: Any,
+) -> dict[str, Any]:
+    """Stream quotes from ``url`` into the quotes topic until ``stop`` or ``max_seconds``; the run's summary.
+
+    A default ``url`` (TradingView's) gives way to the ``tradingview`` connection's host, if it has one.
+
+    Raises :class:`~quoteflow.kafka.quote_producer.DeliveryFailed` (summary attached) if records were lost.
+    """
+    from quoteflow.stream import ProducerRun, client_config, feed_url, run_producer
+
+    run = ProducerRun(
+        client=client_config(
+            feed_url(url, tradingview), list(symbols), tradingview, record_path=record_path, **client_overrides
+        ),
+        kafka=p.kafka,
+        topic=p.topic,
+        max_seconds=max_seconds,
+        stats_interval=stats_interval,
+        flush_timeout=flush_timeout,
+        check_topic=check_topic,
+    )
+    return run_producer(run, stop)
+
+
+# ------------------------------------------------------------------ index
+
+
+def plan(p: Pipeline, start: datetime, end: datetime, groups: int = 1) -> list[list[dict[str, Any]]]:
+    """Step 1 of a window: its per-partition offset ranges, split into at most ``groups`` groups."""
+    return indexer.plan_window(p.kafka, start, end, topic=p.topic, groups=groups, group_id=p.group_id)
+
+
+def index_group(p: Pipeline, ranges: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Step 2: index exactly these ranges (bad records to the DLQ); nothing is committed here."""
+    with p.elasticsearch() as es:
+        summary = indexer.index_ranges(
+            p.kafka, es, ranges, dlq_topic=p.dlq_topic, index_prefix=p.index_prefix, group_id=p.group_id, retry=p.retry
+        )
+    return summary.to_dict()
+
+
+def finish(
+    p: Pipeline, summaries: Sequence[Mapping[str, Any]], start: datetime, end: datetime, commit: bool = True
+) -> dict[str, Any]:
+    """Step 3: commit the window's ends (for lag tools) and log its one summary line; the window's summary."""
+    total = indexer.finish_window(p.kafka, summaries, start, end, topic=p.topic, group_id=p.group_id, commit=commit)
+    return total.to_dict()
+
+
+def index_window(p: Pipeline, start: datetime, end: datetime, *, commit: bool = True) -> dict[str, Any]:
+    """One window through the DAG's three steps in one process: plan → index the group → finish."""
+    with p.elasticsearch() as es:
+        total = indexer.index_window(
+            p.kafka,
+            es,
+            start,
+            end,
+            topic=p.topic,
+            dlq_topic=p.dlq_topic,
+            index_prefix=p.index_prefix,
+            group_id=p.group_id,
+            retry=p.retry,
+            commit=commit,
+        )
+    return total.to_dict()
+
+
+# ------------------------------------------------------------------ backfill and reconcile
+
+
+def backfill_request(mode: str, start: str | int, end: str | int) -> tuple[int, int] | tuple[datetime, datetime]:
+    """A backfill's bounds from text: offsets (``mode="offsets"``) or ISO-8601 datetimes (``mode="time"``)."""
+    if mode not in BACKFILL_MODES:
+        raise ConfigError(f"backfill mode must be one of {BACKFILL_MODES}, got {mode!r}")
+    if mode == "offsets":
+        try:
+            return int(start), int(end)
+        except ValueError:
+            raise ConfigError(f"offsets mode needs integer start and end offsets, got {start!r} and {end!r}") from None
+    return indexer.parse_bound(str(start)), indexer.parse_bound(str(end))
+
+
+def backfill(
+    p: Pipeline,
+    *,
+    mode: str,
+    start: str | int,
+    end: str | int,
+    partitions: Sequence[int] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Re-index an explicit offset or time range (never committing); with ``dry_run`` only resolve it."""
+    from quoteflow.backfill import backfill as run_backfill
+
+    first, last = backfill_request(mode, start, end)
+    kwargs: dict[str, Any] = {
+        "mode": mode,
+        "start": first,
+        "end": last,
+        "partitions": list(partitions) if partitions else None,
+        "topic": p.topic,
+        "dlq_topic": p.dlq_topic,
+        "index_prefix": p.index_prefix,
+        "group_id": p.group_id,
+        "dry_run": dry_run,
+        "retry": p.retry,
+    }
+    if dry_run:
+        return run_backfill(p.kafka, None, **kwargs)
+    with p.elasticsearch() as es:
+        return run_backfill(p.kafka, es, **kwargs)
+
+
+def reconcile(p: Pipeline, *, repair: bool = False, until: str = "committed") -> dict[str, Any]:
+    """Compare Kafka with Elasticsearch (and repair the holes); ``ok`` is the verdict: no hole remains.
+
+    Without ``repair`` the holes found are what remains; with it, what the check after the repair found.
+    """
+    from quoteflow.reconcile import reconcile as run_reconcile
+
+    with p.elasticsearch() as es:
+        result = run_reconcile(
+            p.kafka,
+            es,
+            repair=repair,
+            topic=p.topic,
+            dlq_topic=p.dlq_topic,
+            index_prefix=p.index_prefix,
+            group_id=p.group_id,
+            until=until,
+            retry=p.retry,
+        )
+    remaining = int(result.get("missing_after_repair", result["missing"]))
+    return {**result, "remaining": remaining, "ok": remaining == 0}
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+def dlq_list(p: Pipeline, *, reason: str | None = None, limit: int = 50) -> dict[str, Any]:
+    """Count the dead letters by reason and show up to ``limit`` of them."""
+    from quoteflow.kafka.dlq import list_dead_letters
+
+    return list_dead_letters(p.kafka, p.dlq_topic, reason=reason, limit=limit)
+
+
+def dlq_replay(p: Pipeline, *, reason: str | None = None) -> dict[str, Any]:
+    """Re-produce the dead letters not replayed before (only ``reason``'s, if given) into the quotes topic."""
+    from quoteflow.kafka.dlq import replay_dead_letters
+
+    return replay_dead_letters(p.kafka, p.dlq_topic, p.topic, reason=reason)
