@@ -48,12 +48,16 @@ def quotes_reconcile():
     @task
     def reconcile(params=None) -> dict:
         """Report (and repair) holes; fail if any remain."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from quoteflow import jobs
 
         with config_errors_fail():
             result = jobs.reconcile(pipeline(params), repair=bool(params["repair"]), until=params["until"])
         if not result["ok"]:
-            raise RuntimeError(f"{result['remaining']} offset(s) missing from Elasticsearch: {result}")
+            # A repair may succeed on a retry; a report of holes without one will say the same again.
+            failure = RuntimeError if params["repair"] else AirflowFailException
+            raise failure(f"{result['remaining']} offset(s) missing from Elasticsearch: {result}")
         return result
 
     reconcile()

@@ -20,7 +20,6 @@ from quoteflow.elastic.bulk import RetryPolicy
 from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError, ConnectionInfo
 
 HOUR_MS = 3600 * 1000
-BACKFILL_MODES = ("offsets", "time")
 
 
 @dataclass(frozen=True)
@@ -186,8 +185,10 @@ def index_window(p: Pipeline, start: datetime, end: datetime, *, commit: bool = 
 
 def backfill_request(mode: str, start: str | int, end: str | int) -> tuple[int, int] | tuple[datetime, datetime]:
     """A backfill's bounds from text: offsets (``mode="offsets"``) or ISO-8601 datetimes (``mode="time"``)."""
-    if mode not in BACKFILL_MODES:
-        raise ConfigError(f"backfill mode must be one of {BACKFILL_MODES}, got {mode!r}")
+    from quoteflow.backfill import MODES
+
+    if mode not in MODES:
+        raise ConfigError(f"backfill mode must be one of {MODES}, got {mode!r}")
     if mode == "offsets":
         try:
             return int(start), int(end)

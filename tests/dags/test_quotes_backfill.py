@@ -53,6 +53,8 @@ def test_backfill_and_reconcile_restore_deleted_documents(
 
     assert delete_ids(es_client, fresh_index_prefix, [f"{topic}-1-{o}" for o in (0, 5, 6, 7, 100)]) == 5
     reconcile = load_dag("quotes_reconcile")
+    report = reconcile.test(run_conf={**conf, "repair": False})  # holes found and left: the CLI's verdict too
+    assert str(report.state) == "failed" and task_states(report)["reconcile"] == "failed"
     run = reconcile.test(run_conf={**conf, "repair": True})
     assert str(run.state) == "success", task_states(run)
     result = returns(run)["reconcile"][0]
