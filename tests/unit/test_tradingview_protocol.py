@@ -20,7 +20,6 @@ from quoteflow.tradingview.protocol import (
     decode_message,
     encode_packet,
     frame,
-    heartbeat_reply,
     log_malformed,
     split_packets,
     utf16_length,
@@ -117,12 +116,12 @@ def test_every_heartbeat_is_echoed_exactly(index):
     raw = _lines()[index]["raw"]
     (packet,) = decode_message(raw).packets
     assert packet.kind == HEARTBEAT
-    assert heartbeat_reply(packet) == raw
+    assert frame(packet.raw) == raw
 
 
 def test_client_heartbeat_reply_matches_the_capture():
     lines = _lines()
-    assert heartbeat_reply(decode_message(lines[22]["raw"]).packets[0]) == lines[23]["raw"]
+    assert frame(decode_message(lines[22]["raw"]).packets[0].raw) == lines[23]["raw"]
 
 
 def test_heartbeats_inside_a_concatenation_are_found_packet_by_packet():
@@ -130,7 +129,7 @@ def test_heartbeats_inside_a_concatenation_are_found_packet_by_packet():
     message = frame(qsd) + frame("~h~41") + frame(qsd) + frame("~h~42")
     packets = decode_message(message).packets
     assert [p.kind for p in packets] == [MESSAGE, HEARTBEAT, MESSAGE, HEARTBEAT]
-    assert [heartbeat_reply(p) for p in packets if p.kind == HEARTBEAT] == ["~m~5~m~~h~41", "~m~5~m~~h~42"]
+    assert [frame(p.raw) for p in packets if p.kind == HEARTBEAT] == ["~m~5~m~~h~41", "~m~5~m~~h~42"]
 
 
 def test_utf16_length_rule_for_non_ascii_payload():

@@ -312,8 +312,3 @@ def encode_packet(method: str, params: list[Any]) -> str:
     """A framed method call: ``encode_packet("set_locale", ["en", "US"])`` →
     ``~m~34~m~{"m":"set_locale","p":["en","US"]}``."""
     return frame(encode_payload(method, params))
-
-
-def heartbeat_reply(packet: Packet) -> str:
-    """The client's answer to a heartbeat: the same ``~h~N`` token, re-framed."""
-    return frame(packet.raw)

@@ -103,16 +103,6 @@ def new_session_id(prefix: str = "qs_") -> str:
     return prefix + "".join(secrets.choice(alphabet) for _ in range(12))
 
 
-def _clean(tv_field: str, value: Any) -> Any:
-    """A TradingView value as the contract wants it: ``1e+100``, non-finite and wrong types become ``None``."""
-    if tv_field in _STRINGS:
-        return value[:MAX_STRING_CHARS] if isinstance(value, str) else None
-    kind = type(value)
-    if (kind is float or kind is int) and -NO_VALUE < value < NO_VALUE:
-        return float(value)
-    return None
-
-
 @dataclass(slots=True)
 class SymbolState:
     """The merged snapshot of one subscribed key and what was last emitted for it."""
@@ -295,7 +285,8 @@ class QuoteSession:
             name, kind = entry
             value: float | str | None
             if kind is number:
-                # Inlined _clean: this loop runs for every field of every tick.
+                # 1e100 is TradingView's "no value"; non-finite and wrong types become None too. Inline:
+                # this loop runs for every field of every tick.
                 raw_type = type(raw)
                 value = float(raw) if (raw_type is float or raw_type is int) and -NO_VALUE < raw < NO_VALUE else None
             elif kind is string:
