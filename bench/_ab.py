@@ -35,7 +35,7 @@ import producer as producer_bench  # noqa: E402
 from _results import RESULTS, write_section  # noqa: E402
 
 ROUNDS = 3
-HOT_ROUNDS = 7
+HOT_ROUNDS = int(os.environ.get("BENCH_HOT_ROUNDS", "7"))
 
 
 def _commit(tree: Path) -> str:
@@ -130,24 +130,33 @@ def main() -> int:
         "indexer_records": args.records,
         "notes": (
             "alternating old/new in one run (the first side alternates per round); medians with min-max; "
-            "ratio = new median / old median (for the *_cpu_us_* figures, lower is faster); the new side ran "
-            "with the working tree of new_commit"
+            "ratio = new median / old median; paired = median (min-max) of each round's new/old; for the "
+            "*_cpu_us_* figures lower is faster; the new side ran with the working tree of new_commit"
         ),
     }
     for name, by_side in rates.items():
         if not by_side["old"]:
             continue
         old, new = median(by_side["old"]), median(by_side["new"])
+        # Each round's two runs are neighbours in time: their ratio cancels the drift between rounds.
+        paired = [n / o for n, o in zip(by_side["new"], by_side["old"], strict=True)]
         figures[name] = {
             "old": _spread(by_side["old"]),
             "new": _spread(by_side["new"]),
             "runs": by_side,
             "ratio_new_to_old": round(new / old, 3),
+            "paired_ratio_new_to_old": _spread(paired),
         }
     if args.hot_only:  # keep the wall-clock figures of the last full run beside the new hot-path ones
         previous = json.loads(RESULTS.read_text()).get("redesign_ab", {}) if RESULTS.exists() else {}
         kept = {k: v for k, v in previous.items() if k in ("producer_quotes_per_s", "indexer_docs_per_s", "rounds")}
-        figures = {**kept, **figures, "hot_only_rerun": True}
+        for entry in kept.values():
+            if isinstance(entry, dict) and "runs" in entry:
+                runs = entry["runs"]
+                entry["paired_ratio_new_to_old"] = _spread(
+                    [n / o for n, o in zip(runs["new"], runs["old"], strict=True)]
+                )
+        figures = {**kept, **figures, "hot_only_rerun": True, "wall_clock_from_commit": previous.get("new_commit")}
     write_section("redesign_ab", figures)
     print(json.dumps({k: v for k, v in figures.items() if k != "notes"}, indent=1))
     return 0
