@@ -86,15 +86,23 @@ def offsets_at(
     """Per partition, the first offset with timestamp ≥ ``epoch_ms``; the high watermark where there is none."""
     from confluent_kafka import TopicPartition
 
-    found = consumer.offsets_for_times([TopicPartition(topic, p, int(epoch_ms)) for p in partitions], timeout=timeout_s)
-    out: dict[int, int] = {}
-    for tp in found:
-        if tp.error is not None:
-            raise RangeReadError(f"offsets_for_times failed for {topic}[{tp.partition}]: {tp.error}")
-        offset = tp.offset
-        if offset < 0:  # no record at or after the time: the window ends at the log end
-            offset = watermarks(consumer, topic, tp.partition, timeout_s)[1]
-        out[tp.partition] = int(offset)
+    def lookup(parts: Sequence[int]) -> dict[int, int]:
+        found = consumer.offsets_for_times([TopicPartition(topic, p, int(epoch_ms)) for p in parts], timeout=timeout_s)
+        for tp in found:
+            if tp.error is not None:
+                raise RangeReadError(f"offsets_for_times failed for {topic}[{tp.partition}]: {tp.error}")
+        return {tp.partition: int(tp.offset) for tp in found}
+
+    out = lookup(partitions)
+    # No record at or after the time: the bound is the log end. A record appended between the lookup
+    # and reading the high watermark would be counted before the bound although its timestamp is past
+    # it (and the next window would start before this one's end): so read the watermark first, then
+    # ask again, and use the watermark only if there is still no record at or after the time.
+    empty = [p for p, offset in out.items() if offset < 0]
+    if empty:
+        highs = {p: watermarks(consumer, topic, p, timeout_s)[1] for p in empty}
+        for p, offset in lookup(empty).items():
+            out[p] = offset if offset >= 0 else highs[p]
     return out
 
 
