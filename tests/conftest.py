@@ -15,8 +15,13 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+    from elasticsearch import Elasticsearch
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGS = ROOT / "dags"
@@ -119,7 +124,7 @@ def es_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def es_client(es_url: str):
+def es_client(es_url: str) -> Iterator[Elasticsearch]:
     """An ``elasticsearch.Elasticsearch`` client for the local node."""
     from elasticsearch import Elasticsearch
 
@@ -129,7 +134,7 @@ def es_client(es_url: str):
 
 
 @pytest.fixture(scope="session")
-def kafka_admin(kafka_bootstrap: str):
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
     """A confluent-kafka ``AdminClient`` for the local broker."""
     from confluent_kafka.admin import AdminClient
 
@@ -137,7 +142,7 @@ def kafka_admin(kafka_bootstrap: str):
 
 
 @pytest.fixture
-def make_topic(kafka_admin) -> Iterator[Callable[..., str]]:
+def make_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
     """Factory for fresh, uniquely named topics (deleted after the test)."""
     from confluent_kafka.admin import NewTopic
 
@@ -178,7 +183,7 @@ def _wait_for_topic(admin, topic: str, partitions: int, timeout: float = 30) -> 
 
 
 @pytest.fixture
-def fresh_index_prefix(es_client) -> Iterator[str]:
+def fresh_index_prefix(es_client: Elasticsearch) -> Iterator[str]:
     """A unique index-name prefix (``quotes-test-<hex>-``); every index under it is deleted after the test."""
     prefix = f"quotes-test-{uuid.uuid4().hex[:10]}-"
     yield prefix

@@ -9,8 +9,8 @@ import pytest
 
 from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_window
-from tests.dags.dag_support import load_dag, returns, task_states
-from tests.integration.indexer_support import (
+from tests.helpers.dags import load_dag, returns, task_states
+from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
     delete_ids,

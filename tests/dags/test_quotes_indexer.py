@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from quoteflow.elastic.template import ensure_template
-from tests.dags.dag_support import load_dag, returns, task_states
-from tests.integration.indexer_support import (
+from tests.helpers.dags import load_dag, returns, task_states
+from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
     dead_letters,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from quoteflow.tradingview.feed_server import FeedConfig, FeedServer, synthetic_universe
-from tests.integration.producer_helpers import LOG_APPEND, read_topic, volumes_by_symbol
+from tests.helpers.producing import LOG_APPEND, read_topic, volumes_by_symbol
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 SYMBOLS = synthetic_universe(3)

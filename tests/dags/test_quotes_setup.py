@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from quoteflow.kafka.admin import describe_topic_config
-from tests.dags.dag_support import load_dag, returns, task_states
+from tests.helpers.dags import load_dag, returns, task_states
 
 
 def test_setup_twice_second_run_changes_nothing(kafka_admin, es_client) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from elasticsearch import Elasticsearch
 
-from tests.e2e.e2e_support import airflow_write, committed, epoch_ms, offsets_at
+from tests.helpers.e2e import airflow_write, committed, epoch_ms, offsets_at
 from tests.helpers.waiting import wait_until
 
 DAG = "/api/v2/dags/quotes_indexer"

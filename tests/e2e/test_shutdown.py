@@ -20,7 +20,7 @@ from datetime import datetime
 import pytest
 
 from scripts.procs import alive, start_time
-from tests.e2e.e2e_support import airflow_write, epoch_ms, offsets_at, read_records
+from tests.helpers.e2e import airflow_write, epoch_ms, offsets_at, read_records
 
 TASK_ID = "produce_quotes"
 EXIT_TIMEOUT_S = 30

@@ -16,7 +16,7 @@ from typing import Any
 
 from elasticsearch import Elasticsearch
 
-from tests.e2e.e2e_support import airflow_write
+from tests.helpers.e2e import airflow_write
 from tests.helpers.waiting import wait_until
 
 TASK_LOG_INDEX = "airflow-logs"

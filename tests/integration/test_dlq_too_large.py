@@ -27,7 +27,7 @@ from quoteflow.kafka.dlq import (
 )
 from quoteflow.quotes import SCHEMA_HEADER
 from quoteflow.reconcile import reconcile
-from tests.integration.indexer_support import LOG_APPEND, dead_letters, es_sources, produce, quote_value
+from tests.helpers.indexing import LOG_APPEND, dead_letters, es_sources, produce, quote_value
 
 KEY = b"BINANCE:SOLUSDT"
 BIG = {"message.max.bytes": 4 * 1024 * 1024}  # the test producer must not be what limits the size

@@ -19,7 +19,7 @@ from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_window
 from quoteflow.kafka.reader import RangeUnavailable
 from quoteflow.reconcile import find_holes
-from tests.integration.indexer_support import (
+from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
     dead_letters,

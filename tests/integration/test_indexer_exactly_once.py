@@ -12,7 +12,7 @@ from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_ranges, index_window, plan_window
 from quoteflow.kafka.admin import TopicConfigError, ensure_topic, quotes_topic_spec
 from quoteflow.kafka.reader import PartitionRange
-from tests.integration.indexer_support import (
+from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
     dead_letters,

@@ -21,8 +21,7 @@ from elasticsearch import Elasticsearch
 from quoteflow.elastic.bulk import ElasticsearchUnavailable, RetryPolicy
 from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import IndexSummary, index_ranges, index_window, plan_window
-from tests.helpers.services import service_is_up, start_service, stop_service
-from tests.integration.indexer_support import (
+from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
     dead_letters,
@@ -32,6 +31,7 @@ from tests.integration.indexer_support import (
     produce,
     quote_value,
 )
+from tests.helpers.services import service_is_up, start_service, stop_service
 
 ROOT = Path(__file__).resolve().parents[2]
 

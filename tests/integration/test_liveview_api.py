@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from quoteflow.elastic.documents import bulk_lines
 from quoteflow.elastic.template import quote_mappings
 from quoteflow.quotes import Quote, format_timestamp, split_symbol
-from tests.integration import liveview_auth_manager as auth_manager
+from tests.helpers import auth_manager
 
 SOL, BTC = "BINANCE:SOLUSDT", "BINANCE:BTCUSDT"
 SOL_RECORDS, SOL_INDEXED, BTC_RECORDS = 10, 7, 4
@@ -61,7 +61,7 @@ def client(airflow_db: Path):
     """A TestClient on Airflow's API server app (plugins loaded from plugins/), and a valid Bearer token (admin).
 
     The app's auth manager is SimpleAuthManager with users who may not read one of the pipeline's DAGs
-    (tests/integration/liveview_auth_manager.py), and a viewer-role ``reader``.
+    (tests/helpers/auth_manager.py), and a viewer-role ``reader``.
     """
     from airflow.api_fastapi.app import create_app
     from starlette.testclient import TestClient

@@ -7,9 +7,8 @@ import time
 
 from quoteflow.stream import ProducerRun, client_config, run_producer
 from quoteflow.tradingview.feed_server import synthetic_universe
+from tests.helpers.producing import FAST_CLIENT, LOG_APPEND, feed, read_topic, volumes_by_symbol
 from tests.helpers.services import service_is_up, start_service, stop_service
-
-from .producer_helpers import FAST_CLIENT, LOG_APPEND, feed, read_topic, volumes_by_symbol
 
 SYMBOLS = synthetic_universe(3)
 

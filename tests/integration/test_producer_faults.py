@@ -16,8 +16,7 @@ import websocket
 
 from quoteflow.tradingview.feed_server import synthetic_universe
 from quoteflow.tradingview.protocol import decode_message, encode_packet, frame
-
-from .producer_helpers import LOG_APPEND, feed, produce, read_topic, volumes_by_symbol
+from tests.helpers.producing import LOG_APPEND, feed, produce, read_topic, volumes_by_symbol
 
 SYMBOLS = synthetic_universe(3)
 

@@ -16,8 +16,7 @@ import pytest
 from quoteflow.kafka.quote_producer import DeliveryFailed, QuoteProducer
 from quoteflow.settings import ConfigError
 from quoteflow.stream import ProducerRun, client_config, run_producer
-
-from .producer_helpers import LOG_APPEND, read_topic
+from tests.helpers.producing import LOG_APPEND, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,8 +141,7 @@ def test_produce_command_stops_within_5_seconds_of_sigterm_with_everything_flush
     import signal
 
     from quoteflow.tradingview.feed_server import synthetic_universe
-
-    from .producer_helpers import feed
+    from tests.helpers.producing import feed
 
     topic = make_topic(1, LOG_APPEND)
     with feed(synthetic_symbols=3, rate=2000, packets_per_message=10) as server:

@@ -12,8 +12,7 @@ import orjson
 
 from quoteflow.quotes import validate_quote
 from quoteflow.tradingview.protocol import encode_packet
-
-from .producer_helpers import LOG_APPEND, feed, read_topic
+from tests.helpers.producing import LOG_APPEND, feed, read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 FRAMES = ROOT / "tests" / "fixtures" / "tradingview" / "frames.jsonl"

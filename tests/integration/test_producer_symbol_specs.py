@@ -13,9 +13,8 @@ from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_ranges
 from quoteflow.kafka.reader import PartitionRange
 from quoteflow.quotes import validate_quote
-
-from .indexer_support import es_sources
-from .producer_helpers import LOG_APPEND, feed, produce, read_topic
+from tests.helpers.indexing import es_sources
+from tests.helpers.producing import LOG_APPEND, feed, produce, read_topic
 
 SOL_SPEC = '={"session":"regular","symbol":"BINANCE:SOLUSDT"}'  # TradingView-API's quote form
 BTC_SPEC = '={"adjustment":"splits","currency-id":"USD","session":"regular","symbol":"BINANCE:BTCUSDT"}'  # web app

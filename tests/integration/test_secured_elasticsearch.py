@@ -26,8 +26,8 @@ import pytest
 from quoteflow.elastic.connect import ElasticsearchAccessError
 from quoteflow.liveview.service import LiveNames, LiveView
 from quoteflow.settings import connection_from_env, elasticsearch_client_args
+from tests.helpers.indexing import LOG_APPEND, es_count, produce, quote_value
 from tests.helpers.tls_proxy import CertificateAuthority, TlsProxy, make_ca
-from tests.integration.indexer_support import LOG_APPEND, es_count, produce, quote_value
 
 ROOT = Path(__file__).resolve().parents[2]
 CONN_ID = "elasticsearch_default"
