@@ -126,3 +126,18 @@ def test_outage_repeats_the_last_failure_only_for_its_ttl() -> None:
     outage.failed("again")
     outage.recovered()
     outage.check()
+
+
+def test_a_down_broker_does_not_flood_the_log_with_reconnects(dead_kafka_view, capfd) -> None:
+    """librdkafka logs every failed connect to stderr; the view's clients retry gently, so ~18 lines in 5 s, not ~105."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            dead_kafka_view.tail("quotes.tradingview")
+        except BackendUnavailable:
+            pass
+        time.sleep(0.2)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "Connect to" in line]
+    assert 1 <= len(lines) <= 30, f"{len(lines)} reconnect lines in 5 s (105 with librdkafka defaults):\n" + "\n".join(
+        lines[:5]
+    )

@@ -47,10 +47,23 @@ class PartitionLag:
     lag: int | None
 
 
+# While the broker is down, librdkafka logs one line per reconnect attempt; its default first
+# backoff (100 ms, per broker and client) floods the API server's log. The view reports the outage
+# itself (503 naming Kafka), so reconnect at most once a second, backing off to 10 s.
+RECONNECT_BACKOFF = {"reconnect.backoff.ms": 1000, "reconnect.backoff.max.ms": 10000}
+
+
 def viewer_config(config: dict[str, Any]) -> dict[str, Any]:
     """A consumer config that reads by assignment only: its own group id, no commits, starts at the log end."""
     # A tail read ends at the log end: do not let the broker sit on the fetch.
-    return consumer_config(config, VIEWER_GROUP, **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
+    return consumer_config(
+        config, VIEWER_GROUP, **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10, **RECONNECT_BACKOFF}
+    )
+
+
+def viewer_admin_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The view's admin client config: the connection's, with the same gentle reconnects."""
+    return {**config, **RECONNECT_BACKOFF}
 
 
 def tail_records(

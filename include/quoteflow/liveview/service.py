@@ -183,7 +183,7 @@ class LiveView:
             from confluent_kafka import Consumer
 
             self._consumer = Consumer(kafka_view.viewer_config(self._kafka_config))
-            self._admin = admin_client(self._kafka_config)
+            self._admin = admin_client(kafka_view.viewer_admin_config(self._kafka_config))
         return self._consumer, self._admin
 
     def close(self) -> None:
