@@ -93,6 +93,8 @@ def test_a_feed_server_that_cannot_start_is_not_recorded(tmp_path: Path) -> None
     env = _env(run_dir)
     watch = RunProcesses(run_dir)
     squatter = socket.socket()
+    # An earlier test's feed server may have left the port in TIME_WAIT; that is not "taken".
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         squatter.bind(("127.0.0.1", int(env["QUOTEFLOW_FEED_PORT"])))
         squatter.listen()
