@@ -57,6 +57,9 @@ for path in (str(ROOT), str(DAGS)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+# Module-scoped fixtures `ca` and `proxy` (a TLS-terminating nginx in front of the local ES).
+pytest_plugins = ["tests.helpers.tls_proxy"]
+
 TIERS = ("unit", "integration", "dags", "e2e")
 
 

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers.tls_proxy import CertificateAuthority, TlsProxy, make_ca
+from tests.helpers.tls_proxy import CertificateAuthority, TlsProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 REMOTE_ON = {
@@ -77,18 +77,6 @@ def test_a_half_set_configuration_is_refused_naming_the_variable(option: str, es
     env = {**REMOTE_ON, "AIRFLOW__ELASTICSEARCH__HOST": es_url, option: "False" if "WRITE" in option else ""}
     run = run_python("import airflow", env)
     assert run.returncode != 0 and option in run.stderr, run.stderr[-2000:]
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, ca: CertificateAuthority, es_url: str) -> Iterator[TlsProxy]:
-    server = TlsProxy(tmp_path_factory.mktemp("nginx"), es_url, ca).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import time
 
-import pytest
-
 from tests.e2e.conftest import ROOT
-from tests.helpers.processes import listener_table, non_loopback_listeners, process_tree
+from tests.helpers.processes import listener_table, non_loopback_listeners, process_tree, read_until
 from tests.helpers.waiting import wait_until
 
 COMPONENTS = ("feed", "api-server", "dag-processor", "triggerer", "scheduler")
@@ -70,30 +67,15 @@ def test_make_logs_prints_the_tail_then_follows(pipeline) -> None:
         start_new_session=True,  # make and the tail it becomes: one group to end
     )
     try:
-        seen = _read_until(follow, "==> ", 30)
+        seen = read_until(follow, "==> ", 30)
         time.sleep(1.5)
         assert follow.poll() is None, "make logs keeps following"
         marker = f"e2e marker line {time.time()}"
         with open(pipeline.state_dir / "logs" / "feed.log", "a") as log:
             log.write(marker + "\n")
-        seen += _read_until(follow, marker, 30)
+        seen += read_until(follow, marker, 30)
         for name in COMPONENTS:
             assert f"==> {pipeline.state_dir / 'logs' / name}.log <==" in seen, name
     finally:
         os.killpg(follow.pid, signal.SIGTERM)
         follow.wait(timeout=10)
-
-
-def _read_until(proc: subprocess.Popen, text: str, timeout: float) -> str:
-    assert proc.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            pytest.fail(f"{text!r} not printed by make logs within {timeout:.0f} s; got {seen[-2000:]!r}")
-        chunk = os.read(proc.stdout.fileno(), 65536).decode(errors="replace")
-        if not chunk:
-            pytest.fail(f"make logs ended before printing {text!r}; got {seen[-2000:]!r}")
-        seen += chunk
-    return seen

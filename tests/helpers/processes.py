@@ -10,6 +10,9 @@ Airflow renames its processes (``airflow worker -- …``, ``airflow task supervi
 from __future__ import annotations
 
 import os
+import select
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,3 +124,21 @@ def non_loopback_listeners(pids: list[int]) -> list[str]:
 def listener_table(pids: list[int]) -> list[str]:
     """``address:port  pid  command`` for every listening socket of ``pids`` (for logs and reports)."""
     return [f"{address}:{port}  {pid}  {_cmdline(pid)[:80]}" for pid, address, port in procs.listeners_of(pids)]
+
+
+def read_until(proc: subprocess.Popen, text: str, timeout: float) -> str:
+    """What ``proc`` printed on stdout up to and including ``text``; fail the test if it ends or stalls first."""
+    import pytest
+
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            pytest.fail(f"{text!r} not printed within {timeout:.0f} s; got {seen[-2000:]!r}")
+        chunk = os.read(proc.stdout.fileno(), 65536).decode(errors="replace")
+        if not chunk:
+            pytest.fail(f"the output ended before {text!r}; got {seen[-2000:]!r}")
+        seen += chunk
+    return seen

@@ -21,9 +21,12 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "nginx")
 
@@ -265,3 +268,17 @@ class TlsProxy:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.process = None
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    """A CA and a 127.0.0.1 server certificate, made for the test module."""
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, ca: CertificateAuthority, es_url: str) -> Iterator[TlsProxy]:
+    """nginx terminating TLS and checking logins in front of the local Elasticsearch."""
+    server = TlsProxy(tmp_path_factory.mktemp("nginx"), es_url, ca).start()
+    yield server
+    server.stop()

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,6 @@ from tests.helpers.tls_proxy import CertificateAuthority, TlsProxy, make_ca
 ROOT = Path(__file__).resolve().parents[2]
 CONN_ID = "elasticsearch_default"
 RECORDS = 40
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, ca: CertificateAuthority, es_url: str) -> Iterator[TlsProxy]:
-    server = TlsProxy(tmp_path_factory.mktemp("nginx"), es_url, ca).start()
-    yield server
-    server.stop()
 
 
 def es_connection(proxy: TlsProxy, auth: str, *, ca_certs: Path | None, password: str | None = None) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from scripts import procs
-from tests.helpers.processes import RunProcesses, non_loopback_listeners
+from tests.helpers.processes import RunProcesses, non_loopback_listeners, read_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = ROOT / "scripts" / "run"
@@ -214,21 +213,6 @@ def test_status_without_a_run_says_what_is_not_running(tmp_path: Path) -> None:
         assert f"{name}: not running" in status.stdout
 
 
-def _read_until(proc: subprocess.Popen, text: str, timeout: float) -> str:
-    assert proc.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            pytest.fail(f"{text!r} not printed within {timeout:.0f} s; got {seen!r}")
-        chunk = os.read(proc.stdout.fileno(), 65536).decode()
-        if not chunk:
-            pytest.fail(f"--logs ended before printing {text!r}; got {seen!r}")
-        seen += chunk
-    return seen
-
-
 def test_logs_prints_the_tail_then_follows(tmp_path: Path, children) -> None:
     logs = tmp_path / "run" / "logs"
     logs.mkdir(parents=True)
@@ -239,7 +223,7 @@ def test_logs_prints_the_tail_then_follows(tmp_path: Path, children) -> None:
     )
     children.append(follow)
 
-    tail = _read_until(follow, "scheduler line 99", timeout=20)
+    tail = read_until(follow, "scheduler line 99", timeout=20)
     assert "feed started" in tail and "scheduler line 60\n" in tail
     assert "scheduler line 59\n" not in tail, "only the tail of each log"
 
@@ -247,4 +231,4 @@ def test_logs_prints_the_tail_then_follows(tmp_path: Path, children) -> None:
     assert follow.poll() is None, "--logs keeps following"
     with open(logs / "feed.log", "a") as log:
         log.write("a line written later\n")
-    _read_until(follow, "a line written later", timeout=20)
+    read_until(follow, "a line written later", timeout=20)
