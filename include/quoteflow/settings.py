@@ -20,6 +20,16 @@ INDEX_PATTERN = "quotes-*"
 TEMPLATE_NAME = "quotes"
 DATA_VIEW_ID = "quotes"
 CONSUMER_GROUP = "quoteflow-indexer"
+BARS_TOPIC = "bars.tradingview"
+BARS_INDEX_PREFIX = "bars-tradingview-"
+BARS_INDEX_PATTERN = "bars-*"
+BARS_TEMPLATE_NAME = "bars"
+GAPS_TOPIC = "gaps.tradingview"
+GAPS_INDEX_PREFIX = "gaps-tradingview-"
+GAPS_INDEX_PATTERN = "gaps-*"
+GAPS_TEMPLATE_NAME = "gaps"
+DEFAULT_RESOLUTION = "1"
+DEFAULT_HISTORY_BARS = 300
 DEFAULT_SYMBOLS = ("BINANCE:SOLUSDT", "BINANCE:BTCUSDT", "BINANCE:ETHUSDT")
 TRADINGVIEW_URL = "wss://data.tradingview.com/socket.io/websocket"
 
