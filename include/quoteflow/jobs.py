@@ -17,7 +17,18 @@ from typing import Any
 
 from quoteflow import indexer
 from quoteflow.elastic.bulk import RetryPolicy
-from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError, ConnectionInfo
+from quoteflow.settings import (
+    BARS_INDEX_PREFIX,
+    BARS_TOPIC,
+    CONSUMER_GROUP,
+    DLQ_TOPIC,
+    GAPS_INDEX_PREFIX,
+    GAPS_TOPIC,
+    INDEX_PREFIX,
+    QUOTES_TOPIC,
+    ConfigError,
+    ConnectionInfo,
+)
 
 HOUR_MS = 3600 * 1000
 
@@ -33,6 +44,10 @@ class Pipeline:
     index_prefix: str = INDEX_PREFIX
     group_id: str = CONSUMER_GROUP
     retry: RetryPolicy | None = None
+    bars_topic: str = BARS_TOPIC
+    bars_index_prefix: str = BARS_INDEX_PREFIX
+    gaps_topic: str = GAPS_TOPIC
+    gaps_index_prefix: str = GAPS_INDEX_PREFIX
 
     @contextmanager
     def elasticsearch(self) -> Iterator[Any]:
