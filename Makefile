@@ -20,13 +20,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 
 venv: $(VENV)/.installed ## create .venv, install the pinned dependencies and quoteflow itself (editable, with its command)
 
-PLUGIN_ASSETS := plugins/quotes_view/static/vendor/uPlot.iife.min.js
-$(PLUGIN_ASSETS): plugins/quotes_view/package.json plugins/quotes_view/package-lock.json
+PLUGIN_ASSETS := plugins/quotes_view/static/vendor/uPlot.iife.min.js plugins/quotes_view/static/vendor/lightweight-charts.standalone.production.js
+$(PLUGIN_ASSETS) &: plugins/quotes_view/package.json plugins/quotes_view/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is needed to build the quotes view's chart (Debian: apt-get install nodejs npm)"; exit 1; }
 	npm ci --prefix plugins/quotes_view --no-audit --no-fund
-	@touch $@
+	@touch $(PLUGIN_ASSETS)
 
-assets: $(PLUGIN_ASSETS) ## build the quotes view's chart assets (uPlot, from npm)
+assets: $(PLUGIN_ASSETS) ## build the quotes view's chart assets (uPlot and lightweight-charts, from npm)
 
 services: ## start the local Kafka and Elasticsearch (a no-op when up)
 	scripts/services up
