@@ -281,3 +281,24 @@ def dlq_replay(p: Pipeline, *, reason: str | None = None) -> dict[str, Any]:
     from quoteflow.kafka.dlq import replay_dead_letters
 
     return replay_dead_letters(p.kafka, p.dlq_topic, p.topic, reason=reason)
+
+
+# ------------------------------------------------------------------ maintenance
+
+
+def retention(
+    p: Pipeline, *, retention_days: int = 30, dry_run: bool = False, prefer_ilm: bool = True
+) -> dict[str, Any]:
+    """Delete the quotes, bars and gaps indices past retention, or defer to ILM where the cluster has it."""
+    from quoteflow.maintenance import apply_retention, pipeline_series
+
+    series = pipeline_series(p.index_prefix, p.bars_index_prefix, p.gaps_index_prefix)
+    with p.elasticsearch() as es:
+        return apply_retention(es, series, retention_days=retention_days, dry_run=dry_run, prefer_ilm=prefer_ilm)
+
+
+def dlq_ages(p: Pipeline) -> dict[str, Any]:
+    """How many dead letters per reason, and how old the oldest and newest are (days), beside the topic's retention."""
+    from quoteflow.maintenance import dlq_age_report
+
+    return dlq_age_report(p.kafka, p.dlq_topic)
