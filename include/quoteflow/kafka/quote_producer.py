@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from quoteflow.kafka.clients import produce_bounded, producer_config
@@ -45,6 +46,15 @@ class DeliveryFailed(KafkaProducerError):
         super().__init__(f"{failed} record(s) not delivered to Kafka; first error: {first_error}")
         self.failed = failed
         self.first_error = first_error
+
+
+@dataclass
+class TopicCounts:
+    """What one side stream (bars, gaps) of the producer sent, lost, and could never send for its size."""
+
+    sent: int = 0
+    failed: int = 0
+    too_large: int = 0
 
 
 class ProducerFatalError(KafkaProducerError):
@@ -80,6 +90,8 @@ class QuoteProducer:
         self._fatal: str | None = None
         self._closed = False
         self.abort: threading.Event | None = None
+        # Side streams (bars, gaps) share this producer (one idempotent session, one flush): counted per topic.
+        self.others: dict[str, TopicCounts] = {}
 
     def open(self) -> QuoteProducer:
         """Create the librdkafka producer (once)."""
@@ -103,6 +115,18 @@ class QuoteProducer:
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is None:
+            return
+        other = self.others.get(message.topic()) if self.others else None
+        if other is not None:
+            if error.code() == MSG_SIZE_TOO_LARGE:
+                other.too_large += 1
+                logger.error("a record for %s is too large for topic %s: %s", message.key(), message.topic(), error)
+            else:
+                other.failed += 1
+            if other.failed == 1 and error.code() != MSG_SIZE_TOO_LARGE:
+                logger.error("Kafka delivery to %s failed: %s", message.topic(), error)
+            if self.first_error is None and error.code() != MSG_SIZE_TOO_LARGE:
+                self.first_error = f"{message.topic()}: {error}"
             return
         if error.code() == MSG_SIZE_TOO_LARGE:
             self._too_large(message.key(), len(message.value() or b""), f"the broker refused it: {error.str()}")
@@ -135,6 +159,37 @@ class QuoteProducer:
                 self.first_error = "local queue still full when the stop was requested (is Kafka down?)"
             return
         self._producer.poll(0)
+
+    def send_to(self, topic: str, key: bytes, value: bytes, headers: Any) -> None:
+        """Queue one record of a side stream (a bar, a gap event) through the same bounded produce loop."""
+        counts = self.others.get(topic)
+        if counts is None:
+            counts = self.others[topic] = TopicCounts()
+        try:
+            queued = produce_bounded(self._producer, topic, value, key, headers, None, self.abort, self.poll)
+        except self._kafka_exception as exc:
+            error: Any = exc.args[0] if exc.args else None
+            if error is None or error.code() != MSG_SIZE_TOO_LARGE:
+                raise
+            counts.sent += 1
+            counts.too_large += 1
+            logger.error("a %d-byte record is too large for topic %s: %s", len(value), topic, error.str())
+            return
+        counts.sent += 1
+        if not queued:
+            counts.failed += 1
+            if self.first_error is None:
+                self.first_error = "local queue still full when the stop was requested (is Kafka down?)"
+            return
+        self._producer.poll(0)
+
+    def delivered_to(self, topic: str) -> int:
+        """Records of a side stream the broker acknowledged (exact once :meth:`close` has flushed)."""
+        counts = self.others.get(topic)
+        if counts is None:
+            return 0
+        pending = self.in_flight if not self._closed else 0
+        return max(0, counts.sent - counts.failed - counts.too_large - pending)
 
     def _too_large(self, key: bytes | None, size: int, why: str) -> None:
         """Count a record Kafka will never take for its size; log the first, then at most one line a minute."""
@@ -173,8 +228,12 @@ class QuoteProducer:
 
     @property
     def delivered(self) -> int:
-        """Records the broker acknowledged: everything sent that neither failed, was too large, nor is still queued."""
-        return self.sent - self.failed - self.too_large - self.in_flight
+        """Records the broker acknowledged: everything sent that neither failed, was too large, nor is still queued.
+
+        While side streams share the queue, ``in_flight`` counts their records too, so this is a lower bound
+        until :meth:`close`; after it, exact.
+        """
+        return max(0, self.sent - self.failed - self.too_large - self.in_flight)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued (up to ``timeout`` s); raise :class:`DeliveryFailed` if anything was lost."""
@@ -194,5 +253,6 @@ class QuoteProducer:
         self._closed = True
         if self._fatal and self.first_error is None:
             self.first_error = self._fatal
-        if self.failed:
-            raise DeliveryFailed(self.failed, self.first_error or "unknown")
+        lost = self.failed + sum(c.failed for c in self.others.values())
+        if lost:
+            raise DeliveryFailed(lost, self.first_error or "unknown")

@@ -15,15 +15,17 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import orjson
 import websocket
 from websocket._url import parse_url  # what websocket-client itself connects to
 
+from quoteflow.gaps import make_gap
 from quoteflow.quotes import format_timestamp
-from quoteflow.settings import ConfigError
+from quoteflow.settings import DEFAULT_HISTORY_BARS, ConfigError
+from quoteflow.tradingview.chart import ChartSessions
 from quoteflow.tradingview.protocol import (
     EXCERPT_CHARS,
     HELLO,
@@ -197,6 +199,14 @@ class ClientConfig:
     auth_retry_delay: float = 300.0
     poll_interval: float = 0.5
     record_path: str | Path | None = None
+    # Bars: chart sessions for bar_symbols (None = every symbol) at each resolution; none = bars off.
+    bar_resolutions: tuple[str, ...] = ()
+    bar_symbols: list[str] | None = None
+    history_bars: int = DEFAULT_HISTORY_BARS
+    bar_range: str = ""
+    # False: no quote session, stop once every series' history is complete (``quoteflow bars``).
+    quotes: bool = True
+    shard: str = "0"
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("ws://", "wss://")):
@@ -241,6 +251,8 @@ class ClientStats:
     # Bytes of the last refused (too big) message already buffered when it was refused: never above
     # max_message_size, however large the message would have grown.
     too_big_held_bytes: int = 0
+    bars: int = 0
+    gaps: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     backoff_delays: list[float] = field(default_factory=list)
 
@@ -271,11 +283,14 @@ def _malformed(reason: str, payload: str, already: int) -> MalformedPacket:
 
 
 class TradingViewClient:
-    """Streams quotes for a fixed symbol list until stopped or a deadline passes.
+    """Streams quotes (and bars) for a fixed symbol list until stopped or a deadline passes.
 
     ``on_quote(state, received_at)`` is called with each changed snapshot (a
     :class:`~quoteflow.tradingview.session.SymbolState`; ``state.to_quote(received_at)`` is
-    the Quote record, ``state.to_json(received_at)`` its Kafka value).
+    the Quote record, ``state.to_json(received_at)`` its Kafka value). With bars on,
+    ``on_bar(key, value)`` gets each Bar record's Kafka key and value, and ``on_gap(event)`` each
+    feed gap (a disconnect or a stall, or a ``handover`` opened with :meth:`open_gap`) once data flows
+    again; the history requested on that connection covers the gap, its bars marked ``gap_fill``.
     """
 
     def __init__(
@@ -284,6 +299,8 @@ class TradingViewClient:
         on_quote: Callable[[SymbolState, str], None],
         *,
         on_tick: Callable[[], None] | None = None,
+        on_bar: Callable[[bytes, bytes], None] | None = None,
+        on_gap: Callable[[dict[str, Any]], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """Check the configuration; the socket is opened by :meth:`run`."""
@@ -292,7 +309,23 @@ class TradingViewClient:
             self.session = QuoteSession(config.symbols, auth_token=config.auth_token)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self.chart: ChartSessions | None = None
+        if config.bar_resolutions:
+            bar_symbols = config.symbols if config.bar_symbols is None else config.bar_symbols
+            unknown = [s for s in bar_symbols if s not in self.session.states]
+            if unknown:
+                raise ConfigError(f"bar_symbols {unknown[:5]} are not among the producer's symbols; add them there")
+            self.chart = ChartSessions(
+                bar_symbols, config.bar_resolutions, history_bars=config.history_bars, bar_range=config.bar_range
+            )
+        elif not config.quotes:
+            raise ConfigError("a history-only run needs at least one bar resolution")
         self.on_quote = on_quote
+        self.on_bar = on_bar
+        self.on_gap = on_gap
+        # The open feed gap: (cause, start epoch s, detail); closed by the first data after it.
+        self.gap: tuple[str, float, str] | None = None
+        self.finished = False
         self.on_tick = on_tick
         self.stats = ClientStats(errors=self.session.stats.errors)
         self._rng = rng or random.Random()
@@ -304,6 +337,46 @@ class TradingViewClient:
         header = {k: v for k, v in config.headers.items() if k.lower() not in ("origin", "host")}
         self._header = [f"{k}: {v}" for k, v in header.items()]
         self._origin = next((v for k, v in config.headers.items() if k.lower() == "origin"), None)
+
+    # -- gaps --------------------------------------------------------------------------------
+
+    def open_gap(self, cause: str, start: float, detail: str) -> None:
+        """Record that data stopped at ``start`` (epoch s); the next connection fills it and reports it."""
+        if self.gap is not None:
+            return  # still the same gap: it started when data first stopped
+        self.gap = (cause, start, detail[:200])
+        if self.chart is not None:
+            self.chart.mark_gap(start)
+
+    def _lost(self, cause: str, detail: str) -> None:
+        """A connection that had data ended: open a gap from its last inbound message."""
+        if self.last_inbound is None or self.connected_at is None:
+            return
+        self.open_gap(cause, time.time() - (time.monotonic() - self.last_inbound), detail)
+
+    def _close_gap(self) -> None:
+        """Data flows again: the gap ends now; report it (symbols: every quote and bar symbol)."""
+        assert self.gap is not None
+        cause, start, detail = self.gap
+        self.gap = None
+        end = max(start, time.time())
+        symbols = list(self.session.subscribed) if self.config.quotes else []
+        if self.chart is not None:
+            self.chart.close_gap(end)
+            symbols.extend(self.chart.symbols)
+        event = make_gap(cause, start, end, list(dict.fromkeys(symbols)), shard=self.config.shard, detail=detail)
+        self.stats.gaps += 1
+        logger.warning(
+            "feed gap (%s) from %s to %s (%.1f s, %s): %s",
+            cause,
+            event["start"],
+            event["end"],
+            end - start,
+            detail,
+            "bars re-requested" if self.chart is not None else "quotes resume with a fresh snapshot",
+        )
+        if self.on_gap is not None:
+            self.on_gap(event)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -317,13 +390,16 @@ class TradingViewClient:
                 self.connected_at = None
                 try:
                     self._connect_and_stream(stop, deadline)
-                    break  # clean return means stop or deadline
-                except AuthTokenRejected:
+                    break  # clean return means stop, deadline, or a history-only run's end
+                except AuthTokenRejected as exc:
+                    self._lost("disconnect", str(exc))
                     delay = self.config.auth_retry_delay
                 except (SessionError, WatchdogTimeout) as exc:
+                    self._lost("stall" if isinstance(exc, WatchdogTimeout) else "disconnect", str(exc))
                     logger.warning("reconnecting after %s", exc)
                     delay = -1.0
                 except MessageTooBig as exc:
+                    self._lost("disconnect", str(exc))
                     self._abort_socket()
                     self.stats.errors["message_too_big"] += 1
                     self.stats.too_big_held_bytes = exc.held
@@ -343,6 +419,7 @@ class TradingViewClient:
                     )
                 except (websocket.WebSocketException, OSError) as exc:
                     kind = "connection_lost" if self.connected_at is not None else "connect_failed"
+                    self._lost("disconnect", f"{kind}: {type(exc).__name__}: {exc}")
                     self.stats.errors[kind] += 1
                     logger.warning("%s: %s: %s", kind, type(exc).__name__, exc)
                     delay = -1.0
@@ -440,7 +517,12 @@ class TradingViewClient:
             self.stats.connects,
             len(self.session.subscribed),
         )
-        for raw in self.session.setup_packets():
+        setup = self.session.setup_packets()
+        if not config.quotes:
+            setup = setup[:1]  # set_auth_token only: a history-only run opens no quote session
+        if self.chart is not None:
+            setup.extend(self.chart.setup_packets())
+        for raw in setup:
             self._send(raw)
         ws.settimeout(config.poll_interval)
         watchdog = config.watchdog_timeout
@@ -472,6 +554,8 @@ class TradingViewClient:
             message = add_frame(opcode, received.data, received.fin)
             if message is not None and message[0] == opcode_text:
                 self._on_message(message[1], now)
+                if self.finished:
+                    return
             if deadline is not None and now >= deadline:
                 return
             if now >= next_tick:
@@ -494,10 +578,13 @@ class TradingViewClient:
             return
         if self._recorder is not None:
             self._recorder.write(SERVER_TO_CLIENT, text)
+        if self.gap is not None and '"m":' in text:
+            self._close_gap()  # the first data after a gap (not a heartbeat, not the hello)
         payloads, malformed = split_packets(text)
         stats.packets += len(payloads)
         received_at: str | None = None
         session = self.session
+        chart = self.chart
         handle_qsd = session.handle_qsd
         on_quote = self.on_quote
         for payload in payloads:
@@ -529,6 +616,12 @@ class TradingViewClient:
                     continue
                 if kind != MESSAGE:
                     continue
+                params = packet.params  # type: ignore[union-attr]
+                if chart is not None and params and type(params[0]) is str and params[0].startswith("cs_"):
+                    if received_at is None:
+                        received_at = format_timestamp(time.time(), milliseconds=True)
+                    self._on_chart(chart, packet.method, params, received_at)  # type: ignore[union-attr, arg-type]
+                    continue
                 state = session.handle(packet, now)  # type: ignore[arg-type]
             # The one place a Quote leaves the client, whichever path decoded its packet; inline, not a
             # method, because it runs once per quote.
@@ -541,9 +634,29 @@ class TradingViewClient:
             for raw in session.outbox:
                 self._send(raw)
             session.outbox.clear()
+        if chart is not None:
+            if chart.outbox:
+                for raw in chart.outbox:
+                    self._send(raw)
+                chart.outbox.clear()
+            if not self.config.quotes and chart.history_done:
+                self.finished = True
         if malformed:
             stats.malformed_packets += len(malformed)
             log_malformed(malformed, self.config.url)
+
+    def _on_chart(self, chart: ChartSessions, method: str, params: list[Any], received_at: str) -> None:
+        """A ``cs_`` packet: its bars to ``on_bar`` (the chart session scopes its errors to itself)."""
+        items = chart.handle(method, params, received_at)
+        if not items:
+            return
+        on_bar = self.on_bar
+        dumps = orjson.dumps
+        for n in range(0, len(items), 2):
+            series = items[n]
+            self.stats.bars += 1
+            if on_bar is not None:
+                on_bar(series.key_bytes, dumps(items[n + 1]))  # type: ignore[union-attr, arg-type]
 
     def last_tick_ages(self) -> dict[str, float | None]:
         """Seconds since each subscribed symbol last produced a Quote (``None`` if never)."""
