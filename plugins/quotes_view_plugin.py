@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +36,7 @@ URL_PREFIX = "/quotes-view"
 STATIC_DIR = Path(__file__).resolve().parent / "quotes_view" / "static"
 INDEXER_DAG_ID = "quotes_indexer"
 PRODUCER_DAG_ID = "quotes_producer"
+PRODUCER_TASK_ID = "produce_quotes"  # one task instance per shard (mapped), or one for all symbols
 # What the page shows of each DAG: its runs (state, windows), task tries, and the producer's XCom summary.
 REQUIRED_DAG_ACCESS = (
     (PRODUCER_DAG_ID, DagAccessEntity.RUN),
@@ -55,6 +57,23 @@ def _connection(conn_id: str) -> settings.ConnectionInfo:
     return settings.ConnectionInfo.from_connection(conn_id, Connection.get_connection_from_secrets(conn_id))
 
 
+def _kafka_config() -> dict[str, Any]:
+    """The ``kafka_default`` config as the DAGs build it: through the Kafka provider's hook (``dags/_shared``).
+
+    One implementation for both sides, so the provider's conventions (callback allow-list, MSK IAM,
+    errors that name the connection) hold here too. The API server does not put the DAGs folder on
+    ``sys.path`` (the DAG processor and workers do), so it is added before the import.
+    """
+    from airflow import settings as airflow_settings
+
+    dags = str(Path(airflow_settings.DAGS_FOLDER).resolve())
+    if dags not in sys.path:
+        sys.path.append(dags)
+    from _shared.connections import kafka_config
+
+    return kafka_config(settings.KAFKA_CONN_ID)
+
+
 def _names() -> LiveNames:
     symbols = conf.get("quoteflow", "symbols", fallback=",".join(settings.DEFAULT_SYMBOLS))
     return LiveNames(
@@ -63,12 +82,16 @@ def _names() -> LiveNames:
         index_pattern=conf.get("quoteflow", "index_pattern", fallback=settings.INDEX_PATTERN),
         group=conf.get("quoteflow", "consumer_group", fallback=settings.CONSUMER_GROUP),
         symbols=tuple(s.strip() for s in symbols.split(",") if s.strip()),
+        bars_topic=conf.get("quoteflow", "bars_topic", fallback=settings.BARS_TOPIC),
+        bars_index_pattern=conf.get("quoteflow", "bars_index_pattern", fallback=settings.BARS_INDEX_PATTERN),
+        gaps_topic=conf.get("quoteflow", "gaps_topic", fallback=settings.GAPS_TOPIC),
+        gaps_index_pattern=conf.get("quoteflow", "gaps_index_pattern", fallback=settings.GAPS_INDEX_PATTERN),
     )
 
 
 def _view() -> tuple[LiveView, LiveNames]:
     """One :class:`LiveView` per (Kafka, Elasticsearch) pair, made on first use."""
-    kafka = settings.kafka_config(_connection(settings.KAFKA_CONN_ID).extra)
+    kafka = _kafka_config()
     es_args = settings.elasticsearch_client_args(_connection(settings.ELASTICSEARCH_CONN_ID))
     key = (str(kafka["bootstrap.servers"]), str(es_args["hosts"]))
     with _views_lock:
@@ -121,6 +144,49 @@ def _last_producer_summary(session: Any) -> dict[str, Any] | None:
     return {"run_id": row.run_id, **{k: value.get(k) for k in keep}}
 
 
+def _shards(session: Any, run_id: str, tries: Any) -> list[dict[str, Any]]:
+    """One entry per shard of the producer run: each task instance of ``produce_quotes`` is one shard.
+
+    An unsharded producer (one task, ``map_index`` -1) is shard ``"0"``. ``stats`` is the newest XCom the
+    shard's task instance left (``stats`` pushed while it streams, else its ``return_value`` summary), or
+    ``None`` when it has none yet.
+    """
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    rows = session.execute(
+        select(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.value)
+        .where(
+            XComModel.dag_id == PRODUCER_DAG_ID,
+            XComModel.run_id == run_id,
+            XComModel.key.in_(("stats", "return_value")),
+        )
+        .order_by(XComModel.timestamp.asc())
+    ).all()
+    stats: dict[tuple[str, int], dict[str, Any]] = {}
+    for task_id, map_index, key, raw in rows:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        if isinstance(value, dict):
+            stats[(task_id, map_index)] = {**value, "from": key}  # the newest one wins
+    shards = []
+    for task_id, map_index, state, try_number in tries:
+        if task_id != PRODUCER_TASK_ID:
+            continue  # e.g. plan_shards, which maps produce_quotes
+        own = stats.get((task_id, map_index))
+        shard = own.get("shard") if own and own.get("shard") is not None else str(max(map_index, 0))
+        shards.append(
+            {
+                "shard": str(shard),
+                "task_id": task_id,
+                "map_index": map_index,
+                "state": str(state) if state is not None else None,
+                "try_number": try_number,
+                "stats": own,
+            }
+        )
+    return sorted(shards, key=lambda s: (s["map_index"], s["task_id"]))
+
+
 def pipeline_state() -> dict[str, Any]:
     """The newest producer run (with its task's try number) and the newest and last finished indexer windows."""
     from airflow.models.dagrun import DagRun
@@ -145,11 +211,14 @@ def pipeline_state() -> dict[str, Any]:
             }
             if producer is not None:
                 tries = session.execute(
-                    select(TaskInstance.task_id, TaskInstance.state, TaskInstance.try_number).where(
-                        TaskInstance.dag_id == PRODUCER_DAG_ID, TaskInstance.run_id == producer.run_id
-                    )
+                    select(
+                        TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state, TaskInstance.try_number
+                    ).where(TaskInstance.dag_id == PRODUCER_DAG_ID, TaskInstance.run_id == producer.run_id)
                 ).all()
-                out["producer"]["tasks"] = [{"task_id": t, "state": str(s), "try_number": n} for t, s, n in tries]
+                out["producer"]["tasks"] = [
+                    {"task_id": t, "map_index": m, "state": str(s), "try_number": n} for t, m, s, n in tries
+                ]
+                out["producer"]["shards"] = _shards(session, producer.run_id, tries)
             out["producer_last_summary"] = _last_producer_summary(session)
             return out
     except SQLAlchemyError as exc:

@@ -47,7 +47,7 @@ def test_epoch_ms_reads_the_contracts_timestamps() -> None:
 
 def _rec(symbol: str, received_at: str, offset: int, valid: bool = True) -> TailRecord:
     quote = {"symbol": symbol, "received_at": received_at, "price": 1.0} if valid else None
-    return TailRecord(partition=0, offset=offset, timestamp_ms=0, key=symbol, quote=quote)
+    return TailRecord(partition=0, offset=offset, timestamp_ms=0, key=symbol, value=quote)
 
 
 def test_newest_in_tail_uses_the_producer_clock_then_the_offset_and_skips_invalid_records() -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from quoteflow.bars import InvalidBar, decode_bar
+from quoteflow.gaps import InvalidGap, decode_gap
 from quoteflow.kafka.clients import consumer_config
 from quoteflow.kafka.reader import offsets_at, topic_partitions, watermarks
 from quoteflow.quotes import InvalidQuote, decode_quote
@@ -28,13 +31,45 @@ class KafkaViewError(RuntimeError):
 
 @dataclass(frozen=True)
 class TailRecord:
-    """One record read from the end of a partition, decoded when it is a valid Quote."""
+    """One record read from the end of a partition; ``value`` is decoded, or ``None`` when it is not valid."""
 
     partition: int
     offset: int
     timestamp_ms: int
     key: str | None
-    quote: dict[str, Any] | None
+    value: dict[str, Any] | None
+
+    @property
+    def quote(self) -> dict[str, Any] | None:
+        """The value of a record of the quotes topic."""
+        return self.value
+
+
+Decoder = Callable[[bytes | None], dict[str, Any] | None]
+
+
+def decode_quote_or_none(raw: bytes | None) -> dict[str, Any] | None:
+    """A valid Quote, or ``None``: the indexer sends an invalid one to the DLQ; the view only skips it."""
+    try:
+        return decode_quote(raw)
+    except InvalidQuote:
+        return None
+
+
+def decode_bar_or_none(raw: bytes | None) -> dict[str, Any] | None:
+    """A valid Bar, or ``None`` (dead-lettered by the indexer, skipped here)."""
+    try:
+        return decode_bar(raw)
+    except InvalidBar:
+        return None
+
+
+def decode_gap_or_none(raw: bytes | None) -> dict[str, Any] | None:
+    """A valid gap event, or ``None`` (dead-lettered by the indexer, skipped here)."""
+    try:
+        return decode_gap(raw)
+    except InvalidGap:
+        return None
 
 
 @dataclass(frozen=True)
@@ -67,9 +102,17 @@ def viewer_admin_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def tail_records(
-    consumer: Any, topic: str, last_n: int = 50, timeout_s: float = 1.0, metadata_timeout_s: float = METADATA_TIMEOUT_S
+    consumer: Any,
+    topic: str,
+    last_n: int = 50,
+    timeout_s: float = 1.0,
+    metadata_timeout_s: float = METADATA_TIMEOUT_S,
+    decode: Decoder = decode_quote_or_none,
 ) -> list[TailRecord]:
-    """The last ``last_n`` records of every partition of ``topic``, read within ``timeout_s`` (partial if slower)."""
+    """The last ``last_n`` records of every partition of ``topic``, read within ``timeout_s`` (partial if slower).
+
+    Each value goes through ``decode`` (Quotes by default; bars and gaps have their own).
+    """
     from confluent_kafka import TopicPartition
 
     if last_n <= 0:
@@ -100,7 +143,7 @@ def tail_records(
                 end = ends.get(msg.partition())
                 if end is None or msg.offset() >= end:
                     continue
-                records.append(_tail_record(msg))
+                records.append(_tail_record(msg, decode))
                 next_offset[msg.partition()] = msg.offset() + 1
                 if msg.offset() >= end - 1:
                     del ends[msg.partition()]
@@ -113,18 +156,14 @@ def tail_records(
     return records
 
 
-def _tail_record(msg: Any) -> TailRecord:
+def _tail_record(msg: Any, decode: Decoder) -> TailRecord:
     key = msg.key()
-    try:
-        quote: dict[str, Any] | None = decode_quote(msg.value())
-    except InvalidQuote:
-        quote = None  # the indexer sends it to the DLQ; the view only skips it
     return TailRecord(
         partition=msg.partition(),
         offset=msg.offset(),
         timestamp_ms=int(msg.timestamp()[1]),
         key=key.decode("utf-8", "replace") if key is not None else None,
-        quote=quote,
+        value=decode(msg.value()),
     )
 
 

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import KafkaException
@@ -27,11 +26,17 @@ from elastic_transport import TransportError
 
 from quoteflow.kafka.clients import admin_client
 from quoteflow.kafka.reader import RangeReadError
-from quoteflow.liveview import elastic_view, kafka_view
+from quoteflow.liveview import bars_view, elastic_view, kafka_view
+from quoteflow.liveview.bars_view import epoch_ms
 from quoteflow.settings import (
+    BARS_INDEX_PATTERN,
+    BARS_TOPIC,
     CONSUMER_GROUP,
+    DEFAULT_HISTORY_BARS,
     DEFAULT_SYMBOLS,
     DLQ_TOPIC,
+    GAPS_INDEX_PATTERN,
+    GAPS_TOPIC,
     INDEX_PATTERN,
     QUOTES_TOPIC,
     ConfigError,
@@ -52,20 +57,31 @@ KAFKA_FAILURES = (kafka_view.KafkaViewError, KafkaException, RangeReadError, Tim
 T = TypeVar("T")
 
 
-def parse_range(text: str) -> int:
-    """``"15m"``/``"1h"``/``"90s"``/``"900"`` → seconds (1 s to 24 h); :class:`ValueError` otherwise."""
+def parse_range(text: str, max_s: int = MAX_RANGE_S, what: str = "") -> int:
+    """``"15m"``/``"1h"``/``"90s"``/``"900"`` → seconds (1 s to ``max_s``, default 24 h); else :class:`ValueError`."""
     match = _RANGE_RE.match(text.strip().lower())
     if not match:
         raise ValueError(f"range {text!r} is not a number with an optional unit s, m, h or d (e.g. 15m)")
     seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
-    if not 1 <= seconds <= MAX_RANGE_S:
-        raise ValueError(f"range {text!r} must be between 1s and 24h")
+    if not 1 <= seconds <= max_s:
+        raise ValueError(f"range {text!r} must be between 1s and {_human_s(max_s)}{what}")
     return seconds
 
 
-def epoch_ms(rfc3339: str) -> int:
-    """RFC 3339 UTC text (``…T02:00:00.123Z``) → epoch milliseconds."""
-    return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1000)
+def candle_range(resolution: str, text: str | None) -> int:
+    """A candle chart's range in seconds: ``text`` (at most ``MAX_CANDLES`` candles), by default 300 bars."""
+    width_s = bars_view.resolution_seconds(resolution)
+    if not text:
+        return DEFAULT_HISTORY_BARS * width_s
+    label = bars_view.LABELS[resolution]
+    return parse_range(text, bars_view.MAX_CANDLES * width_s, f" at {label} ({bars_view.MAX_CANDLES} candles)")
+
+
+def _human_s(seconds: int) -> str:
+    for unit, width in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % width == 0 and seconds > width:
+            return f"{seconds // width}{unit}"
+    return f"{seconds}s"
 
 
 class BackendUnavailable(RuntimeError):
@@ -121,6 +137,10 @@ class LiveNames:
     index_pattern: str = INDEX_PATTERN
     group: str = CONSUMER_GROUP
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    bars_topic: str = BARS_TOPIC
+    bars_index_pattern: str = BARS_INDEX_PATTERN
+    gaps_topic: str = GAPS_TOPIC
+    gaps_index_pattern: str = GAPS_INDEX_PATTERN
 
 
 @dataclass(frozen=True)
@@ -250,7 +270,7 @@ class LiveView:
     def tail(self, topic: str) -> list[kafka_view.TailRecord]:
         """The newest records of ``topic``, shared by requests within ``tail_max_age_s``."""
         return self._kafka_read(
-            "tail",
+            f"tail:{topic}",
             (topic,),
             self._tail_max_age_s,
             f"tailing {topic}",
@@ -324,6 +344,116 @@ class LiveView:
             "t": [t for t, _ in points],
             "price": [p for _, p in points],
             "indexed_points": indexed,
+            "kafka_error": tail_error,
+        }
+
+    def _candle_tails(
+        self, names: LiveNames
+    ) -> tuple[list[kafka_view.TailRecord], list[kafka_view.TailRecord], str | None]:
+        """The newest records of the bars and gaps topics in one Kafka read; a missing topic gives none, says so."""
+
+        def read(consumer: Any, _: Any) -> tuple[list[kafka_view.TailRecord], list[kafka_view.TailRecord], str | None]:
+            tails: list[list[kafka_view.TailRecord]] = []
+            missing = []
+            for topic, decode in (
+                (names.bars_topic, kafka_view.decode_bar_or_none),
+                (names.gaps_topic, kafka_view.decode_gap_or_none),
+            ):
+                try:
+                    tails.append(
+                        kafka_view.tail_records(
+                            consumer, topic, self._tail_per_partition, self._tail_timeout_s, self._timeout_s, decode
+                        )
+                    )
+                except ConfigError as exc:
+                    tails.append([])
+                    missing.append(str(exc))
+            return tails[0], tails[1], "; ".join(missing) or None
+
+        try:
+            return self._kafka_read(
+                "tail:candles",
+                (names.bars_topic, names.gaps_topic),
+                self._tail_max_age_s,
+                f"tailing {names.bars_topic} and {names.gaps_topic}",
+                read,
+            )
+        except BackendUnavailable as exc:
+            return [], [], str(exc)  # logged once by the outage, or only busy
+
+    def candles(
+        self, names: LiveNames, symbol: str, resolution: str, range_s: int, now_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Candles of ``symbol`` at ``resolution`` over the last ``range_s``, newest bar versions from the Kafka tail.
+
+        History is the 1-minute bars in Elasticsearch (aggregated there for coarser resolutions); a bar
+        the tail holds replaces its document when its offset is at least the document's (newest offset
+        wins per bar id), and the buckets such bars touch are aggregated here from the merged minutes.
+        Gap markers are the gap events in Elasticsearch and in the gaps topic's tail, by ``gap_id``.
+        """
+        width_s = bars_view.resolution_seconds(resolution)
+        end_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        start_ms = bars_view.floor_ms(end_ms - range_s * 1000, width_s)
+        bar_records, gap_records, tail_error = self._candle_tails(names)
+        key = f"{symbol}|{bars_view.BASE_RESOLUTION}"
+        tailed: dict[int, dict[str, Any]] = {}
+        for rec in bar_records:
+            if rec.value is None or rec.key != key or rec.value["symbol"] != symbol:
+                continue
+            bar = bars_view.base_bar(rec.value, rec.partition, rec.offset)
+            best = tailed.get(bar["t"])
+            if start_ms <= bar["t"] <= end_ms and (best is None or rec.offset > best["offset"]):
+                tailed[bar["t"]] = bar
+        index = names.bars_index_pattern
+        if resolution == bars_view.BASE_RESOLUTION:
+            history: list[dict[str, Any]] = []
+            merge_from = start_ms
+        else:
+            # Buckets a tailed bar falls in are recomputed from the merged minutes; older ones ES aggregates.
+            merge_from = bars_view.floor_ms(min(tailed), width_s) if tailed else end_ms + 1
+            history = self._es_read(
+                f"the {bars_view.LABELS[resolution]} candles of {symbol}",
+                lambda es: bars_view.aggregated_bars(es, index, symbol, resolution, start_ms, merge_from - 1),
+            )
+        indexed = (
+            self._es_read(
+                f"the 1m bars of {symbol}",
+                lambda es: bars_view.base_bars(es, index, symbol, merge_from, end_ms),
+            )
+            if merge_from <= end_ms
+            else []
+        )
+        minutes = {bar["t"]: bar for bar in indexed}
+        from_kafka = 0
+        for t, bar in tailed.items():
+            doc = minutes.get(t)
+            if doc is None or doc["offset"] is None or bar["offset"] > doc["offset"]:
+                from_kafka += 1  # newer than what the indexer wrote (or not written yet)
+                minutes[t] = bar
+        recent = bars_view.aggregate(minutes.values(), resolution)
+        gap_docs = self._es_read(
+            f"the gaps of {symbol}",
+            lambda es: bars_view.gaps(es, names.gaps_index_pattern, symbol, start_ms, end_ms),
+        )
+        gaps = {g["gap_id"]: g for g in gap_docs}
+        for rec in gap_records:
+            gap = rec.value
+            if gap is None or symbol not in gap["symbols"]:
+                continue
+            view = bars_view.gap_view(gap)
+            if view["start_ms"] <= end_ms and view["end_ms"] >= start_ms:
+                gaps[view["gap_id"]] = view
+        return {
+            "symbol": symbol,
+            "resolution": resolution,
+            "label": bars_view.LABELS[resolution],
+            "resolution_s": width_s,
+            "range_s": range_s,
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+            "candles": [*history, *recent],
+            "bars_from_kafka": from_kafka,
+            "gaps": sorted(gaps.values(), key=lambda g: (g["start_ms"], g["gap_id"])),
             "kafka_error": tail_error,
         }
 

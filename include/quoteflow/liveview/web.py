@@ -20,8 +20,9 @@ from elasticsearch import ApiError
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse
 
+from quoteflow.liveview.bars_view import BASE_RESOLUTION
 from quoteflow.liveview.kafka_view import KafkaViewError
-from quoteflow.liveview.service import BackendUnavailable, LiveNames, LiveView, parse_range
+from quoteflow.liveview.service import BackendUnavailable, LiveNames, LiveView, candle_range, parse_range
 from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ STATIC_FILES = {
     "app.css": "text/css",
     "vendor/uPlot.iife.min.js": "application/javascript",
     "vendor/uPlot.min.css": "text/css",
+    "vendor/lightweight-charts.standalone.production.js": "application/javascript",
 }
 # Kafka or Elasticsearch down or busy: the page says so and retries; nothing is wrong with the request.
 UNAVAILABLE = (KafkaViewError, KafkaException, TransportError, ApiError)
@@ -92,6 +94,11 @@ def create_app(
     def chart(symbol: str, range: str = "15m") -> dict[str, Any]:
         live, names = view()
         return _call(lambda: live.chart(names, symbol, parse_range(range)))
+
+    @app.get("/api/candles")
+    def candles(symbol: str, resolution: str = BASE_RESOLUTION, range: str | None = None) -> dict[str, Any]:
+        live, names = view()
+        return _call(lambda: live.candles(names, symbol, resolution, candle_range(resolution, range)))
 
     @app.get("/api/latest")
     def latest(symbols: SymbolsQuery = None) -> dict[str, Any]:

@@ -1,15 +1,23 @@
-// The live quotes page: polls the plugin's JSON endpoints and draws the price with uPlot.
-// Symbol and range live in the query string, so a view can be bookmarked; changing them reloads the
-// page (Airflow's UI mirrors the iframe's URL into its own address bar on each load).
+// The live quotes page: polls the plugin's JSON endpoints and draws candles with TradingView's
+// lightweight-charts (1m/5m/1h/1D, volume below, gap markers on the time axis) or, in "Ticks" mode,
+// the tick line with uPlot. Symbol, resolution and range live in the query string, so a view can be
+// bookmarked; changing them reloads the page (Airflow's UI mirrors the iframe's URL into its own
+// address bar on each load).
 (function () {
   "use strict";
   const params = new URLSearchParams(window.location.search);
   const symbol = params.get("symbol") || "";
-  const range = params.get("range") || "15m";
+  const resolution = params.get("resolution") || "1";
+  const ticks = resolution === "ticks";
+  const range = params.get("range") || (ticks ? "15m" : "");
   const refreshMs = Math.max(250, Number(params.get("refresh") || 1000));
   const healthMs = 5000;
+  const RANGES = ticks
+    ? [["5m", "5 min"], ["15m", "15 min"], ["1h", "1 hour"], ["6h", "6 hours"], ["24h", "24 hours"]]
+    : [["", "300 bars"], ["1h", "1 hour"], ["6h", "6 hours"], ["24h", "24 hours"], ["7d", "7 days"],
+      ["30d", "30 days"], ["365d", "1 year"]];
   const $ = (id) => document.getElementById(id);
-  const state = { symbol, range, plot: null, lastKey: null, samples: [], errors: 0 };
+  const state = { symbol, resolution, range, plot: null, candles: null, lastKey: null, samples: [], errors: 0 };
   window.__quotesView = state; // read by the browser test (freshness samples, current symbol)
 
   function fmt(value, digits) {
@@ -76,6 +84,84 @@
     el.dataset.lastPrice = n ? String(chart.price[n - 1]) : "";
   }
 
+  // ------------------------------------------------------------ candles (lightweight-charts)
+  function makeCandles() {
+    const LC = window.LightweightCharts;
+    const el = $("candles");
+    const dark = window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches;
+    const chart = LC.createChart(el, {
+      autoSize: true,
+      layout: { background: { color: "transparent" }, textColor: dark ? "#d1d4dc" : "#333" },
+      grid: { vertLines: { color: "rgba(128,128,128,0.15)" }, horzLines: { color: "rgba(128,128,128,0.15)" } },
+      timeScale: { timeVisible: state.resolution !== "1D", secondsVisible: false },
+    });
+    const candles = chart.addSeries(LC.CandlestickSeries, {
+      upColor: "#26a69a", downColor: "#ef5350", borderVisible: false,
+      wickUpColor: "#26a69a", wickDownColor: "#ef5350",
+    });
+    const volume = chart.addSeries(LC.HistogramSeries, { priceFormat: { type: "volume" }, priceScaleId: "" });
+    volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
+    candles.priceScale().applyOptions({ scaleMargins: { top: 0.08, bottom: 0.25 } });
+    const markers = LC.createSeriesMarkers(candles, []);
+    return { chart, candles, volume, markers, fitted: false, firstT: null };
+  }
+
+  // A gap is marked on the candle its start falls in (or the next candle drawn, if that one is missing).
+  function gapMarkers(gaps, bars, widthS) {
+    const times = bars.map((b) => b.time);
+    const byTime = new Map();
+    for (const gap of gaps) {
+      const floor = Math.floor(gap.start_ms / 1000 / widthS) * widthS;
+      let time = times.find((t) => t >= floor);
+      if (time === undefined) time = times[times.length - 1];
+      if (time === undefined) continue;
+      const text = (byTime.get(time) ? byTime.get(time).text + ", " : "gap: ") + (gap.cause || "gap");
+      byTime.set(time, { time, position: "aboveBar", color: "#e67e22", shape: "arrowDown", text, id: gap.gap_id });
+    }
+    return [...byTime.values()].sort((a, b) => a.time - b.time);
+  }
+
+  function drawCandles(answer) {
+    if (!state.candles) state.candles = makeCandles();
+    const view = state.candles;
+    const bars = answer.candles.map((c) => ({
+      time: c.t / 1000, open: c.open, high: c.high, low: c.low, close: c.close,
+    }));
+    const volumes = answer.candles.filter((c) => c.volume !== null).map((c) => ({
+      time: c.t / 1000, value: c.volume, color: c.close >= c.open ? "rgba(38,166,154,0.5)" : "rgba(239,83,80,0.5)",
+    }));
+    view.candles.setData(bars);
+    view.volume.setData(volumes);
+    view.markers.setMarkers(gapMarkers(answer.gaps, bars, answer.resolution_s));
+    const firstT = bars.length ? bars[0].time : null;
+    if (!view.fitted || firstT !== view.firstT) view.chart.timeScale().fitContent();
+    view.fitted = bars.length > 0;
+    view.firstT = firstT;
+    const el = $("candles");
+    // What the chart itself holds (not what was sent): read by the browser test.
+    el.dataset.candles = String(view.candles.data().length);
+    el.dataset.volumeBars = String(view.volume.data().length);
+    el.dataset.gapMarkers = String(view.markers.markers().length);
+    el.dataset.symbol = answer.symbol;
+    el.dataset.resolution = answer.resolution;
+    el.dataset.fromKafka = String(answer.bars_from_kafka);
+    el.dataset.lastT = bars.length ? String(answer.candles[bars.length - 1].t) : "";
+    el.dataset.lastClose = bars.length ? String(bars[bars.length - 1].close) : "";
+    $("chart-note").textContent = (bars.length ? bars.length + " " + answer.label + " candles" : "no bars in range") +
+      (answer.bars_from_kafka ? " · " + answer.bars_from_kafka + " newest minute(s) from Kafka" : "") +
+      (answer.kafka_error ? " · Kafka: " + answer.kafka_error : "");
+    const list = $("gap-list");
+    list.replaceChildren();
+    for (const gap of answer.gaps) {
+      const li = document.createElement("li");
+      li.textContent = "gap " + gap.start + " → " + gap.end + " (" + gap.cause + ", shard " + gap.shard + ")" +
+        (gap.detail ? ": " + gap.detail : "");
+      li.dataset.gapId = gap.gap_id;
+      list.appendChild(li);
+    }
+    list.dataset.count = String(answer.gaps.length);
+  }
+
   function drawLatest(entry) {
     $("latest-symbol").textContent = state.symbol;
     const q = entry.quote;
@@ -117,7 +203,8 @@
       const q = entry.quote;
       const tr = document.createElement("tr");
       const link = document.createElement("a");
-      const next = new URLSearchParams({ symbol: name, range: state.range });
+      const next = new URLSearchParams({ symbol: name, resolution: state.resolution });
+      if (state.range) next.set("range", state.range);
       link.href = "?" + next.toString();
       link.textContent = name;
       const cells = [link, q ? fmt(q.price) : "—", q && q.change_percent !== null ? fmt(q.change_percent, 2) : "—",
@@ -147,6 +234,7 @@
       ? w.state + " [" + w.data_interval_start + " → " + w.data_interval_end + ")" +
         (latest && latest.run_id !== w.run_id ? "; next " + latest.state : "")
       : (a.error || "no finished window yet");
+    drawShards(p, a.error);
     $("dlq-count").textContent = h.dead_letters_last_hour === null ? "no DLQ topic" : String(h.dead_letters_last_hour);
     $("lag-total").textContent = String(h.lag_total) + " records";
     const body = $("lag-body");
@@ -162,15 +250,44 @@
     }
   }
 
+  // One row per shard of the running producer run (a mapped task instance each; unsharded: shard "0").
+  function drawShards(producer, error) {
+    const body = $("shards-body");
+    body.replaceChildren();
+    const shards = (producer && producer.shards) || [];
+    $("shards-run").textContent = producer ? producer.run_id + " (" + producer.state + ")" : (error || "no run");
+    for (const shard of shards) {
+      const s = shard.stats;
+      const stats = s
+        ? ["quotes", "bars", "gaps", "reconnects", "symbols"].filter((k) => s[k] !== undefined && s[k] !== null)
+          .map((k) => k + " " + s[k]).join(", ") + (s.from ? " (" + s.from + ")" : "")
+        : "not reachable yet";
+      const tr = document.createElement("tr");
+      tr.dataset.shard = shard.shard;
+      tr.dataset.state = String(shard.state);
+      for (const v of [shard.shard, shard.map_index, shard.state, shard.try_number, stats]) {
+        const td = document.createElement("td");
+        td.textContent = String(v);
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    body.dataset.count = String(shards.length);
+  }
+
   async function tick() {
     const q = "symbol=" + encodeURIComponent(state.symbol);
+    const chartPath = ticks
+      ? "api/chart?" + q + "&range=" + encodeURIComponent(state.range)
+      : "api/candles?" + q + "&resolution=" + encodeURIComponent(state.resolution) +
+        (state.range ? "&range=" + encodeURIComponent(state.range) : "");
     try {
       const [chart, latest] = await Promise.all([
-        getJson("api/chart?" + q + "&range=" + encodeURIComponent(state.range)),
+        getJson(chartPath),
         getJson("api/latest?" + Array.from(new Set([state.symbol, ...state.others]))
           .map((s) => "symbol=" + encodeURIComponent(s)).join("&")),
       ]);
-      drawChart(chart);
+      if (ticks) drawChart(chart); else drawCandles(chart);
       drawLatest(latest.latest[state.symbol]);
       drawOthers(latest.latest);
       setStatus("live · updated " + new Date().toLocaleTimeString(), false);
@@ -211,13 +328,35 @@
     }
     select.value = state.symbol;
     const rangeSelect = $("range");
+    for (const [value, label] of RANGES) {
+      const opt = document.createElement("option");
+      opt.value = value;
+      opt.textContent = label;
+      rangeSelect.appendChild(opt);
+    }
     if (![...rangeSelect.options].some((o) => o.value === state.range)) {
       const opt = document.createElement("option");
       opt.value = opt.textContent = state.range;
       rangeSelect.appendChild(opt);
     }
     rangeSelect.value = state.range;
-    for (const el of [select, rangeSelect]) el.addEventListener("change", () => $("controls").submit());
+    const resolutionSelect = $("resolution");
+    if (![...resolutionSelect.options].some((o) => o.value === state.resolution)) {
+      const opt = document.createElement("option");
+      opt.value = opt.textContent = state.resolution;
+      resolutionSelect.appendChild(opt);
+    }
+    resolutionSelect.value = state.resolution;
+    // A new resolution starts from its default range (ranges differ between candles and ticks).
+    const go = (changes) => {
+      const next = new URLSearchParams({ symbol: select.value, resolution: resolutionSelect.value });
+      if (changes.range) next.set("range", changes.range);
+      window.location.search = next.toString();
+    };
+    select.addEventListener("change", () => go({ range: rangeSelect.value }));
+    rangeSelect.addEventListener("change", () => go({ range: rangeSelect.value }));
+    resolutionSelect.addEventListener("change", () => go({}));
+    $(ticks ? "chart" : "candles").hidden = false;
     window.addEventListener("resize", () => {
       if (state.plot) state.plot.setSize({ width: $("chart").clientWidth, height: 360 });
     });
