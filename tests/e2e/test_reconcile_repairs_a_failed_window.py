@@ -1,11 +1,11 @@
-"""An indexer window whose ``index_group`` exhausts its retries under the real scheduler, then the repair.
+"""An indexer window whose indexing task exhausts its retries under the real scheduler, then the repair.
 
 The fault is real and touches nothing shared but the pipeline's own daily index (near midnight,
 also the next day's): a write block (``index.blocks.write``) makes Elasticsearch refuse every bulk item with 403
 ``cluster_block_exception``, which the bulk writer treats as neither transient nor the document's
 fault, so each try fails at once and nothing is dead-lettered. Then, through Airflow's REST API,
-Kafka and Elasticsearch: every try of that window's ``index_group`` failed, ``finish`` never ran
-(``upstream_failed``) and the group's committed offsets did not pass the window's start; once the
+Kafka and Elasticsearch: every try of that window's ``index_window`` (or, with mapped partition
+groups, of each ``index_group``, and ``finish`` never ran: ``upstream_failed``) failed and the group's committed offsets did not pass the window's start; once the
 block is lifted later windows succeed; ``quotes_reconcile`` (repair on) reports exactly the hole
 and fills it, after which Elasticsearch holds every Kafka record of the period.
 
@@ -63,27 +63,39 @@ def _task_instances(pipeline, run_id: str, task_id: str) -> list[dict]:
     return sorted((t for t in tis if t["task_id"] == task_id), key=lambda t: t["map_index"])
 
 
-def _plan(pipeline, run_id: str) -> list[list[dict]]:
+def _index_task(pipeline) -> str:
+    """The task that indexes: ``index_window`` (one task per window, the default) or the mapped ``index_group``."""
+    ids = {t["task_id"] for t in pipeline.api(f"{DAG}/tasks")["tasks"]}
+    return "index_group" if "index_group" in ids else "index_window"
+
+
+def _plan(pipeline, run: dict, index_task: str) -> list[list[dict]]:
+    """The window's ranges per group: the plan task's XCom, or (one task per window) Kafka's offsets of the window."""
+    if index_task == "index_window":
+        starts = offsets_at(pipeline.kafka_bootstrap, pipeline.topic, int(epoch_ms(run["data_interval_start"])))
+        ends = offsets_at(pipeline.kafka_bootstrap, pipeline.topic, int(epoch_ms(run["data_interval_end"])))
+        return [[{"partition": p, "start": starts[p], "end": ends[p]} for p in sorted(starts)]]
     entry = pipeline.api(
-        f"{DAG}/dagRuns/{run_id}/taskInstances/plan/xcomEntries/return_value?deserialize=true&stringify=false"
+        f"{DAG}/dagRuns/{run['dag_run_id']}/taskInstances/plan/xcomEntries/return_value"
+        "?deserialize=true&stringify=false"
     )
     return entry["value"]
 
 
-def _first_window_to_fail(pipeline, since_ms: float) -> str:
-    """The run id of the first indexer window whose ``index_group`` failed a try after ``since_ms``."""
+def _first_window_to_fail(pipeline, since_ms: float, index_task: str) -> str:
+    """The run id of the first indexer window whose indexing task failed a try after ``since_ms``."""
 
     def failing():
         runs = pipeline.api(f"{DAG}/dagRuns?order_by=-run_after&limit=10")["dag_runs"]
         for run in runs:
             if run["state"] not in ("running", "failed") or (run["end_date"] and epoch_ms(run["end_date"]) < since_ms):
                 continue
-            groups = _task_instances(pipeline, run["dag_run_id"], "index_group")
+            groups = _task_instances(pipeline, run["dag_run_id"], index_task)
             if any(t["state"] in ("up_for_retry", "failed") for t in groups):
                 return run["dag_run_id"]
         return None
 
-    return wait_until("an index_group try refused by the write block", failing, FAIL_TIMEOUT_S, interval=2)
+    return wait_until(f"an {index_task} try refused by the write block", failing, FAIL_TIMEOUT_S, interval=2)
 
 
 def _es_count(es: Elasticsearch, topic: str, ranges: list[dict]) -> int:
@@ -115,37 +127,39 @@ def _overlap(a: dict, b: dict) -> int:
 def test_a_window_that_exhausts_its_retries_is_reported_and_repaired_by_reconcile(pipeline) -> None:
     es = Elasticsearch(pipeline.es_url, request_timeout=30)
     indices = _indices_to_block(es, _newest_index(es, pipeline))
-    retries = int(pipeline.api(f"{DAG}/tasks/index_group")["retries"])
+    index_task = _index_task(pipeline)
+    retries = int(pipeline.api(f"{DAG}/tasks/{index_task}")["retries"])
 
     blocked_at = time.time() * 1000
     es.indices.put_settings(index=",".join(indices), settings={"index.blocks.write": True})
     try:
-        run_id = _first_window_to_fail(pipeline, blocked_at)
+        run_id = _first_window_to_fail(pipeline, blocked_at, index_task)
 
         def groups_done():
-            groups = _task_instances(pipeline, run_id, "index_group")
+            groups = _task_instances(pipeline, run_id, index_task)
             return groups if groups and all(t["state"] in TERMINAL for t in groups) else None
 
-        groups = wait_until(f"every index_group of {run_id} done", groups_done, FAIL_TIMEOUT_S, interval=1)
+        groups = wait_until(f"every {index_task} of {run_id} done", groups_done, FAIL_TIMEOUT_S, interval=1)
     finally:
         es.indices.put_settings(index=",".join(indices), settings={"index.blocks.write": None})
     # Read at once: the next window needs several task processes before its finish could commit.
     committed_after_failure = committed(pipeline.kafka_bootstrap, GROUP, pipeline.topic)
 
-    plan = _plan(pipeline, run_id)
+    plan = _plan(pipeline, pipeline.api(f"{DAG}/dagRuns/{run_id}"), index_task)
     print(f"{run_id} failed against the write block on {indices}; its plan: {plan}")
     for ti, ranges in zip(groups, plan, strict=True):
         has_records = any(r["end"] > r["start"] for r in ranges)
-        tries = pipeline.api(f"{DAG}/dagRuns/{run_id}/taskInstances/index_group/{ti['map_index']}/tries")[
-            "task_instances"
-        ]
+        mapped = f"/{ti['map_index']}" if ti["map_index"] >= 0 else ""
+        tries = pipeline.api(f"{DAG}/dagRuns/{run_id}/taskInstances/{index_task}{mapped}/tries")["task_instances"]
         if has_records:
             assert [t["state"] for t in tries] == ["failed"] * (retries + 1), (
-                f"index_group[{ti['map_index']}] over {ranges}: tries "
+                f"{index_task}[{ti['map_index']}] over {ranges}: tries "
                 f"{[(t['try_number'], t['state']) for t in tries]}, expected all {retries + 1} failed"
             )
         else:
-            assert ti["state"] == "success", f"index_group[{ti['map_index']}] has nothing to index but is {ti['state']}"
+            assert ti["state"] == "success", (
+                f"{index_task}[{ti['map_index']}] has nothing to index but is {ti['state']}"
+            )
     target = [r for ranges in plan for r in ranges if r["end"] > r["start"]]
     assert target, f"{run_id} had no records to index; nothing was proven"
 
@@ -154,8 +168,9 @@ def test_a_window_that_exhausts_its_retries_is_reported_and_repaired_by_reconcil
         lambda: (lambda r: r if r["state"] == "failed" else None)(pipeline.api(f"{DAG}/dagRuns/{run_id}")),
         120,
     )
-    finish = _task_instances(pipeline, run_id, "finish")
-    assert [t["state"] for t in finish] == ["upstream_failed"], f"finish of the failed window: {finish}"
+    if index_task == "index_group":  # one task per window has no separate finish: it failed before committing
+        finish = _task_instances(pipeline, run_id, "finish")
+        assert [t["state"] for t in finish] == ["upstream_failed"], f"finish of the failed window: {finish}"
     for r in target:
         assert committed_after_failure[r["partition"]] <= r["start"], (
             f"partition {r['partition']}: the group committed {committed_after_failure[r['partition']]}, past the "

@@ -200,6 +200,25 @@ def test_the_run_folder_and_its_secrets_are_private_from_creation(tmp_path: Path
     assert run.admin_password() == password, "the password is generated once"
 
 
+def test_airflow_is_sized_for_the_pipeline_and_each_size_yields_to_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("AIRFLOW__CORE__PARALLELISM", "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES", "AIRFLOW__API__WORKERS"):
+        monkeypatch.delenv(key, raising=False)
+    run = _load_run_script(tmp_path / "run")
+    env = run.airflow_env(replay=True)
+    # LocalExecutor forks [core] parallelism workers at start: Airflow's default 32 took 0.9 GB PSS.
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
+    assert env["AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES"] == "1"
+    assert env["AIRFLOW__API__WORKERS"] == "1"
+
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "32")  # how bench/footprint.py measures the old size
+    monkeypatch.setenv("QUOTEFLOW_WINDOW_SECONDS", "10")
+    env = run.airflow_env(replay=True)
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "32"
+    assert env["QUOTEFLOW_WINDOW_SECONDS"] == "10", "the window setting reaches the DAG processor and the tasks"
+
+
 # ---------------------------------------------------------------- status, logs
 
 
