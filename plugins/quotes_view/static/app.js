@@ -273,6 +273,7 @@
       body.appendChild(tr);
     }
     body.dataset.count = String(shards.length);
+    body.dataset.runId = producer ? producer.run_id : "";
   }
 
   async function tick() {
