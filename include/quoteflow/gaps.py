@@ -13,6 +13,7 @@ received before the gap, ``end`` the first data after it. See ``/work/notes/cont
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -34,8 +35,15 @@ class InvalidGap(InvalidQuote):
 
 
 def gap_id(shard: str, cause: str, start_epoch: float) -> str:
-    """``"<shard>-<cause>-<start epoch ms>"``: the Kafka key and Elasticsearch ``_id`` of a gap."""
-    return f"{shard}-{cause}-{round(start_epoch * 1000)}"
+    """``"<shard>-<cause>-<start epoch ms>"``: the Kafka key and Elasticsearch ``_id`` of a gap (ms cut, not rounded,
+    so it names the same millisecond as the event's ``start``)."""
+    return f"{shard}-{cause}-{math.floor(start_epoch * 1000)}"
+
+
+def _at_ms(epoch: float) -> str:
+    """Epoch seconds → RFC 3339 UTC with the millisecond :func:`gap_id` uses."""
+    ms = math.floor(epoch * 1000)
+    return format_timestamp(ms // 1000)[:-1] + f".{ms % 1000:03d}Z"
 
 
 def make_gap(
@@ -54,8 +62,8 @@ def make_gap(
         "source": SOURCE,
         "gap_id": gap_id(shard, cause, start),
         "cause": cause,
-        "start": format_timestamp(start, milliseconds=True),
-        "end": format_timestamp(end, milliseconds=True),
+        "start": _at_ms(start),
+        "end": _at_ms(end),
         "symbols": list(symbols),
         "shard": shard,
         "detail": None if detail is None else detail[:MAX_DETAIL_CHARS],

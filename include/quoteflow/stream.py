@@ -7,22 +7,30 @@ client's poll interval, flushes Kafka within ``flush_timeout`` and returns its s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from quoteflow.bars import BAR_HEADERS
+from quoteflow.gaps import GAP_HEADERS, gap_key
 from quoteflow.kafka.admin import check_topic
 from quoteflow.kafka.quote_producer import DeliveryFailed, KafkaProducerError, QuoteProducer
-from quoteflow.settings import TRADINGVIEW_URL, ConfigError, ConnectionInfo
+from quoteflow.quotes import format_timestamp
+from quoteflow.settings import DEFAULT_HISTORY_BARS, TRADINGVIEW_URL, ConfigError, ConnectionInfo
 from quoteflow.tradingview.client import DEFAULT_HEADERS, ClientConfig, TradingViewClient
 from quoteflow.tradingview.session import SymbolState
 
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 30.0
+# A run that starts this long after the previous run's last bar records a handover gap (a restart is a few s).
+HANDOVER_MIN_GAP_S = 1.0
 STALEST_SHOWN = 10
 
 
@@ -37,6 +45,12 @@ class ProducerRun:
     stats_interval: float = STATS_INTERVAL_S
     flush_timeout: float = 4.0
     check_topic: bool = True
+    shard: str = "0"  # this connection's share of the symbols ("0" when unsharded): in the stats line and summary
+    # Bars on (the client config has bar resolutions): Bar records to bars_topic, gap events to gaps_topic.
+    bars_topic: str | None = None
+    gaps_topic: str | None = None
+    # Look in bars_topic for the previous run's last bar: a gap since then is a ``handover`` gap, filled.
+    handover: bool = True
 
     def __post_init__(self) -> None:
         if self.max_seconds is not None and self.max_seconds <= 0:
@@ -60,6 +74,14 @@ class _Pump:
     def on_quote(self, state: SymbolState, received_at: str) -> None:
         self.producer.send(state.key_bytes, state.to_json(received_at))
 
+    def on_bar(self, key: bytes, value: bytes) -> None:
+        assert self.run.bars_topic is not None
+        self.producer.send_to(self.run.bars_topic, key, value, BAR_HEADERS)
+
+    def on_gap(self, event: dict[str, Any]) -> None:
+        if self.run.gaps_topic is not None:
+            self.producer.send_to(self.run.gaps_topic, gap_key(event), orjson.dumps(event), GAP_HEADERS)
+
     def on_tick(self) -> None:
         self.producer.poll()
         now = time.monotonic()
@@ -81,8 +103,11 @@ class _Pump:
         heartbeat = self.client.last_heartbeat
         delayed = self.client.delayed_symbols()
         logger.info(
-            "stats: %.1f quotes/s, %d sent, %d delivered, %d in flight, %d too large, %d reconnect(s), errors %s; "
+            "stats: shard %s, %d symbol(s), %.1f quotes/s, %d sent, %d delivered, %d in flight, %d too large, "
+            "%d reconnect(s), errors %s; "
             "last heartbeat %s ago; last tick age (stalest): %s; no tick yet: %d symbol(s)%s; delayed feed: %s",
+            self.run.shard,
+            len(self.run.client.symbols),
             rate,
             sent,
             self.producer.delivered,
@@ -105,16 +130,43 @@ def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[
     record was not delivered (the summary is attached as ``exc.summary``).
     """
     stop = stop or threading.Event()
-    topic_max_bytes = check_topic(run.kafka, run.topic) if run.check_topic else None
+    bars_on = bool(run.client.bar_resolutions)
+    if bars_on and not run.bars_topic:
+        raise ConfigError("bar resolutions are set but no bars topic is given")
+    topic_max_bytes = None
+    client_config = run.client
+    if run.check_topic:
+        if client_config.quotes:
+            topic_max_bytes = check_topic(run.kafka, run.topic)
+        if bars_on and client_config.quotes and not _side_topics_exist(run):
+            client_config = dataclasses.replace(client_config, bar_resolutions=())
+            bars_on = False
+        elif bars_on:
+            check_topic(run.kafka, str(run.bars_topic))
+    if client_config.shard != run.shard:
+        client_config = dataclasses.replace(client_config, shard=run.shard)
     producer = QuoteProducer(run.kafka, run.topic, topic_max_bytes=topic_max_bytes).open()
     producer.abort = stop  # a stop request must not wait behind a full queue while Kafka is down
     pump = _Pump(run, producer)
-    client = TradingViewClient(run.client, pump.on_quote, on_tick=pump.on_tick)
+    client = TradingViewClient(
+        client_config,
+        pump.on_quote,
+        on_tick=pump.on_tick,
+        on_bar=pump.on_bar if bars_on else None,
+        on_gap=pump.on_gap if bars_on else None,
+    )
     pump.client = client
+    if bars_on and run.handover and client_config.quotes and client.chart is not None:
+        last = last_bar_received(run.kafka, str(run.bars_topic), [s.key_bytes for s in client.chart.series])
+        if last is not None and time.time() - last > HANDOVER_MIN_GAP_S:
+            client.open_gap(
+                "handover", last, f"the previous run's last bar arrived at {format_timestamp(last, milliseconds=True)}"
+            )
     started = time.monotonic()
     deadline = started + run.max_seconds if run.max_seconds is not None else None
     logger.info(
-        "producing %d symbol(s) from %s to topic %s%s",
+        "shard %s: producing %d symbol(s) from %s to topic %s%s",
+        run.shard,
         len(run.client.symbols),
         run.client.url,
         run.topic,
@@ -133,19 +185,32 @@ def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[
     try:
         producer.close(run.flush_timeout)
     except DeliveryFailed as exc:
-        exc.summary = _summary(client, producer, started, stopped_at, stop)  # type: ignore[attr-defined]
+        exc.summary = {  # type: ignore[attr-defined]
+            **_summary(client, producer, started, stopped_at, stop, run.shard),
+            **_bar_summary(client, producer, run),
+        }
         logger.error("producer summary (with delivery failures): %s", exc.summary)  # type: ignore[attr-defined]
         raise
-    summary = _summary(client, producer, started, stopped_at, stop)
+    summary = {
+        **_summary(client, producer, started, stopped_at, stop, run.shard),
+        **_bar_summary(client, producer, run),
+    }
     logger.info("producer summary: %s", summary)
     return summary
 
 
 def _summary(
-    client: TradingViewClient, producer: QuoteProducer, started: float, stopped_at: float, stop: threading.Event
+    client: TradingViewClient,
+    producer: QuoteProducer,
+    started: float,
+    stopped_at: float,
+    stop: threading.Event,
+    shard: str,
 ) -> dict[str, Any]:
     stats = client.stats
     return {
+        "shard": shard,
+        "symbols": len(client.config.symbols),
         "quotes": producer.delivered,
         "quotes_sent": producer.sent,
         "delivery_failures": producer.failed,
@@ -163,6 +228,86 @@ def _summary(
         "seconds": round(stopped_at - started, 3),
         "flush_seconds": round(time.monotonic() - stopped_at, 3),
     }
+
+
+def _side_topics_exist(run: ProducerRun) -> bool:
+    """True if the bars (and gaps) topics are there with LogAppendTime; missing ones turn bars off, loudly.
+
+    Quotes are the producer's first job: a deployment that has not run the new setup yet keeps streaming
+    them. A topic with the wrong timestamp type is still refused (it would break the indexer's windows).
+    """
+    from quoteflow.kafka.admin import TopicConfigError
+
+    for topic in (run.bars_topic, run.gaps_topic):
+        if not topic:
+            continue
+        try:
+            check_topic(run.kafka, topic)
+        except TopicConfigError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            logger.error(
+                "bars are OFF for this run: topic %s does not exist; run `quoteflow setup` (or the quotes_setup "
+                "DAG) to create the bars and gaps topics, or set bar_resolutions to [] to run quotes only",
+                topic,
+            )
+            return False
+    return True
+
+
+def _bar_summary(client: TradingViewClient, producer: QuoteProducer, run: ProducerRun) -> dict[str, Any]:
+    """The bars part of the summary (empty with bars off): records delivered, gap events, history requests."""
+    chart = client.chart
+    if chart is None:
+        return {}
+    out: dict[str, Any] = {
+        "bars": producer.delivered_to(str(run.bars_topic)),
+        "bars_by_origin": dict(chart.stats.bars),
+        "gaps": producer.delivered_to(run.gaps_topic) if run.gaps_topic else 0,
+        "gaps_seen": client.stats.gaps,
+        "history_requests": chart.stats.history_requests,
+        "bar_series": len(chart.active),
+        "dropped_series": {f"{s.symbol}|{s.resolution}": s.dropped for s in chart.series if s.dropped},
+    }
+    for topic in (run.bars_topic, run.gaps_topic):
+        counts = producer.others.get(topic) if topic else None
+        if counts is not None and (counts.failed or counts.too_large):
+            out[f"{topic}_failed"] = counts.failed
+            out[f"{topic}_too_large"] = counts.too_large
+    if client.finished:
+        out["stopped_by"] = "history_complete"
+    return out
+
+
+def last_bar_received(
+    kafka: Mapping[str, Any], topic: str, keys: list[bytes], per_partition: int = 500
+) -> float | None:
+    """Epoch seconds of the newest ``received_at`` among the last records of ``topic`` with one of ``keys``.
+
+    What the previous producer run last wrote for these series: a handover gap starts there. Reads at most
+    ``per_partition`` records from the end of each partition (``assign()``, no group); ``None`` if none match.
+    """
+    from quoteflow.kafka.clients import consumer
+    from quoteflow.kafka.reader import PartitionRange, read_ranges, topic_partitions, watermarks
+    from quoteflow.quotes import parse_timestamp
+
+    wanted = set(keys)
+    newest: float | None = None
+    with consumer(kafka, f"quoteflow-handover-{int(time.time())}") as client:
+        ranges = []
+        for partition in topic_partitions(client, topic):
+            low, high = watermarks(client, topic, partition)
+            ranges.append(PartitionRange(topic, partition, max(low, high - per_partition), high))
+        for batch in read_ranges(client, ranges, stall_timeout_s=10.0):
+            for message in batch:
+                if message.key() not in wanted:
+                    continue
+                try:
+                    moment = parse_timestamp(orjson.loads(message.value())["received_at"]).timestamp()
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # not a bar this run can read: the indexer dead-letters it
+                newest = moment if newest is None else max(newest, moment)
+    return newest
 
 
 CLIENT_TUNABLES = (
@@ -225,6 +370,33 @@ def client_config(
         headers=headers,
         record_path=record_path,
         **kwargs,
+    )
+
+
+def with_bars(
+    config: ClientConfig,
+    resolutions: Sequence[str],
+    symbols: Sequence[str] | None = None,
+    history_bars: int = DEFAULT_HISTORY_BARS,
+    *,
+    bar_range: str = "",
+    quotes: bool = True,
+) -> ClientConfig:
+    """``config`` with chart sessions for ``symbols`` (None = all of the config's) at ``resolutions`` (none = off).
+
+    ``quotes=False`` makes a history-only run: no quote session, done once every series' history is in.
+    """
+    if any(not isinstance(r, str) or not r.strip() for r in resolutions):
+        raise ConfigError(
+            f"bar resolutions must be non-empty strings such as '1', '5', '60', '1D'; got {resolutions!r}"
+        )
+    return dataclasses.replace(
+        config,
+        bar_resolutions=tuple(r.strip() for r in resolutions),
+        bar_symbols=None if symbols is None else list(symbols),
+        history_bars=history_bars,
+        bar_range=bar_range,
+        quotes=quotes,
     )
 
 
