@@ -424,3 +424,25 @@ def test_kafka_unreachable_is_a_503_for_health_and_flagged_next_to_the_indexed_d
     resp, took = _timed_get(test_client, f"/quotes-view/api/chart?symbol={SOL}", token)
     assert resp.status_code == 200 and took < 3 and f"Kafka at 127.0.0.1:{port}" in resp.json()["kafka_error"]
     assert resp.json()["indexed_points"] == len(resp.json()["t"]) > 0
+
+
+def on_kafka_error(error: object) -> None:
+    """A callback a Kafka connection may name (importable, so the provider's hook can resolve it)."""
+
+
+def test_the_kafka_connection_goes_through_the_providers_hook_and_its_callback_allowlist(
+    client, pipeline_data, kafka_bootstrap, monkeypatch
+) -> None:
+    test_client, token = client
+    callback = f"{__name__}.on_kafka_error"
+    conn = {"conn_type": "kafka", "extra": {"bootstrap.servers": kafka_bootstrap, "error_cb": callback}}
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(conn))
+    monkeypatch.delenv("AIRFLOW__APACHE_KAFKA__CALLBACK_ALLOWLIST", raising=False)
+    resp = test_client.get("/quotes-view/api/symbols", headers={"Authorization": f"Bearer {token}"})
+    # The provider's refusal (a plain librdkafka dict would have passed the name on as a string).
+    assert resp.status_code == 503, resp.text
+    assert "'kafka_default'" in resp.json()["detail"]
+    assert f"Refusing to resolve Kafka callback error_cb={callback!r}" in resp.json()["detail"]
+    monkeypatch.setenv("AIRFLOW__APACHE_KAFKA__CALLBACK_ALLOWLIST", callback)
+    resp = test_client.get("/quotes-view/api/symbols", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status_code == 200, resp.text

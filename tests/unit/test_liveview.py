@@ -142,3 +142,42 @@ def test_a_down_broker_does_not_flood_the_log_with_reconnects(dead_kafka_view, c
     lines = [line for line in capfd.readouterr().err.splitlines() if f"Connect to ipv4#{address} " in line]
     shown = "\n".join(lines[:5])
     assert 1 <= len(lines) <= 30, f"{len(lines)} reconnect lines in 5 s (105 with librdkafka defaults):\n{shown}"
+
+
+# ---------------------------------------------------------------- candles (bars_view)
+
+
+def _minute(t_ms: int, o: float, h: float, low: float, c: float, v: float | None, closed: bool = True) -> dict:
+    return {"t": t_ms, "open": o, "high": h, "low": low, "close": c, "volume": v, "closed": closed}
+
+
+def test_aggregate_takes_first_open_last_close_extremes_and_summed_volume_per_utc_bucket() -> None:
+    from quoteflow.liveview.bars_view import aggregate
+
+    day = epoch_ms("2026-12-02T00:00:00Z")
+    minutes = [
+        _minute(day + 4 * 60_000, 10, 12, 9, 11, 1.5),  # 00:04 → bucket 00:00
+        _minute(day + 2 * 60_000, 8, 15, 7, 10, None),  # given out of order: 00:02 is the bucket's first minute
+        _minute(day + 5 * 60_000, 11, 11.5, 10.5, 11, None),  # 00:05 → next bucket, no volume at all
+        _minute(day + 9 * 60_000, 11, 13, 6, 12, None, closed=False),
+    ]
+    assert aggregate(minutes, "5") == [
+        {"t": day, "open": 8, "high": 15, "low": 7, "close": 11, "volume": 1.5, "closed": True, "bars": 2},
+        {"t": day + 300_000, "open": 11, "high": 13, "low": 6, "close": 12, "volume": None, "closed": False, "bars": 2},
+    ]
+    (daily,) = aggregate(minutes, "1D")
+    assert (daily["t"], daily["open"], daily["close"], daily["high"], daily["low"]) == (day, 8, 12, 15, 6)
+
+
+def test_resolutions_and_candle_ranges_are_checked_and_say_the_choices() -> None:
+    from quoteflow.liveview.bars_view import floor_ms, resolution_seconds
+    from quoteflow.liveview.service import candle_range
+
+    assert [resolution_seconds(r) for r in ("1", "5", "60", "1D")] == [60, 300, 3600, 86400]
+    with pytest.raises(ValueError, match=r"'15' is not one of 1 \(1m\), 5 \(5m\), 60 \(1h\), 1D \(1D\)"):
+        resolution_seconds("15")
+    assert candle_range("60", None) == 300 * 3600  # the default: 300 bars
+    assert candle_range("1D", "365d") == 365 * 86400
+    with pytest.raises(ValueError, match=r"between 1s and 2000m at 1m \(2000 candles\)"):
+        candle_range("1", "2d")
+    assert floor_ms(epoch_ms("2026-12-02T02:41:59.999Z"), 3600) == epoch_ms("2026-12-02T02:00:00Z")

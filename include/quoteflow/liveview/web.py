@@ -87,28 +87,28 @@ def create_app(
 
     @app.get("/api/symbols")
     def symbols() -> dict[str, Any]:
-        live, names = view()
+        live, names = _call(view)  # a connection it cannot use is a 503 naming the fix
         return {"symbols": _call(lambda: live.symbols(names)), "default": list(names.symbols)}
 
     @app.get("/api/chart")
     def chart(symbol: str, range: str = "15m") -> dict[str, Any]:
-        live, names = view()
+        live, names = _call(view)  # a connection it cannot use is a 503 naming the fix
         return _call(lambda: live.chart(names, symbol, parse_range(range)))
 
     @app.get("/api/candles")
     def candles(symbol: str, resolution: str = BASE_RESOLUTION, range: str | None = None) -> dict[str, Any]:
-        live, names = view()
+        live, names = _call(view)  # a connection it cannot use is a 503 naming the fix
         return _call(lambda: live.candles(names, symbol, resolution, candle_range(resolution, range)))
 
     @app.get("/api/latest")
     def latest(symbols: SymbolsQuery = None) -> dict[str, Any]:
-        live, names = view()
+        live, names = _call(view)  # a connection it cannot use is a 503 naming the fix
         wanted = symbols or list(names.symbols)
         return {"latest": _call(lambda: live.latest(names, wanted))}
 
     @app.get("/api/health")
     def health(symbols: SymbolsQuery = None) -> dict[str, Any]:
-        live, names = view()
+        live, names = _call(view)  # a connection it cannot use is a 503 naming the fix
         wanted = symbols or list(names.symbols)
         out = _call(lambda: live.health(names, live.latest(names, wanted)))
         out["topic"] = names.topic
