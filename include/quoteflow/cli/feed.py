@@ -1,4 +1,4 @@
-"""``quoteflow serve-feed``: the local TradingView-protocol feed server (replay, synthetic quotes, faults)."""
+"""``quoteflow serve-feed``: the local TradingView-protocol feed server (replay, synthetic quotes and bars, faults)."""
 
 from __future__ import annotations
 
@@ -32,15 +32,35 @@ def register(subparsers: Any) -> None:
     feed.add_argument("--bad-length-every", type=int, metavar="N", help="fault: a bad length prefix every N messages")
     feed.add_argument("--fault-connections", type=int, metavar="M", help="faults only on the first M connections")
     feed.add_argument("--handshake-status", type=int, metavar="HTTP", help="fault: refuse handshakes (e.g. 429)")
-    feed.add_argument("--seed", type=int, help="random seed for a reproducible synthetic feed")
+    feed.add_argument("--seed", type=int, help="random seed for a reproducible synthetic feed (and its bars)")
+    feed.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="feed-wide fault, repeatable: outage:<after_s>:<duration_s> (cut all, 503 meanwhile), "
+        "symbol-error:<SYMBOL> (chart symbol_error), not-entitled:<RES>[,<RES>] (series_error)",
+    )
+    feed.add_argument("--handshake-limit", metavar="N/SECONDS", help="at most N upgrades per SECONDS, beyond: 429")
+    feed.add_argument(
+        "--control-file", metavar="FILE", help="0600 file whose appended lines run: outage <s> | outage-end"
+    )
+    feed.add_argument("--du-interval", type=float, default=1.0, help="charts: seconds between forming-bar checks")
+    feed.add_argument("--clock-speed", type=float, default=1.0, help="feed time runs this many times faster (tests)")
     feed.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the local feed server until interrupted."""
+    from quoteflow.tradingview.feed.config import parse_fault, parse_handshake_limit
     from quoteflow.tradingview.feed_server import FeedConfig, FeedServer, FeedServerError
 
     try:
+        faults: dict[str, Any] = {"outages": (), "symbol_errors": (), "not_entitled": ()}
+        for spec in args.fault:
+            for name, value in parse_fault(spec).items():
+                faults[name] = faults[name] + value
+        limit = parse_handshake_limit(args.handshake_limit) if args.handshake_limit else None
         config = FeedConfig(
             host=args.host,
             port=args.port,
@@ -60,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
             fault_connections=args.fault_connections,
             handshake_status=args.handshake_status,
             seed=args.seed,
+            handshake_limit=limit,
+            control_file=args.control_file,
+            du_interval=args.du_interval,
+            clock_speed=args.clock_speed,
+            **faults,
         )
     except FeedServerError as exc:
         raise ConfigError(str(exc)) from None
@@ -80,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
                     "heartbeats_sent": stats.heartbeats_sent,
                     "heartbeats_echoed": stats.heartbeats_echoed,
                     "errors_sent": dict(stats.errors_sent),
+                    "chart_series": stats.chart_series,
+                    "du_sent": stats.du_sent,
+                    "outage_drops": stats.outage_drops,
+                    "refused_outage": stats.refused_outage,
+                    "refused_rate_limited": stats.refused_rate_limited,
                 }
             ),
             flush=True,

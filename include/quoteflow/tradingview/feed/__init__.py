@@ -1,8 +1,9 @@
 """A local stand-in for ``data.tradingview.com``: tests, benchmarks and the offline demo (``make run SOURCE=replay``).
 
 One module per concern: :mod:`.config` (what the feed does), :mod:`.server` (the protocol server),
-:mod:`.replay` (a recording played back), :mod:`.synthetic` (a random walk per symbol),
-:mod:`.faults` (drops, stalls, garbage) and :mod:`.keys` (what a subscription key names).
+:mod:`.replay` (a recording played back), :mod:`.walk` (the deterministic market: prices and bars),
+:mod:`.synthetic` (quote ticks from the walk), :mod:`.chart` (chart sessions: history, ``du``, errors),
+:mod:`.faults` (drops, stalls, garbage, outages, 429) and :mod:`.keys` (what a subscription key names).
 """
 
 from quoteflow.tradingview.feed.config import FeedConfig, FeedServerError

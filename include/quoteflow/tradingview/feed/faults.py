@@ -1,12 +1,17 @@
-"""Fault injection for the local feed: drop, stall, garbage packets and lying length prefixes.
+"""Fault injection for the local feed: drop, stall, garbage packets, lying length prefixes, outages, 429s.
 
-Faults hit only the first ``fault_connections`` connections (all of them when unset), so a test
+Per-connection faults hit only the first ``fault_connections`` connections (all of them when unset), so a test
 can watch a client fail and then recover on a clean connection.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
+import os
 import random
+import stat
+import threading
 
 from quoteflow.tradingview.feed.config import FeedConfig
 from quoteflow.tradingview.protocol import frame
@@ -18,6 +23,7 @@ GARBAGE = (
     "~m~x1~m~{}",
     frame('{"m":"qsd","p":'),
 )
+logger = logging.getLogger(__name__)
 _BAD_LENGTH_BODY = '{"m":"qsd","p":["qs_none",{"n":"X:Y","s":"ok","v":{"lp":1}}]}'
 
 
@@ -49,3 +55,87 @@ class Faults:
         if config.bad_length_every and number % config.bad_length_every == 0:
             message = f"~m~{len(_BAD_LENGTH_BODY) + 7}~m~{_BAD_LENGTH_BODY}" + message
         return message
+
+
+class Outages:
+    """Windows during which the feed is down: open connections are cut and upgrades answered 503.
+
+    Scheduled ones come from ``outage:<after_s>:<duration_s>`` (real seconds after the server started);
+    :meth:`start` opens one now (the control file's ``outage <s>``, or a test), :meth:`end` closes them all.
+    """
+
+    def __init__(self, scheduled: tuple[tuple[float, float], ...], started: float) -> None:
+        self._windows = [(started + after, started + after + duration) for after, duration in scheduled]
+        self._lock = threading.Lock()
+
+    def active(self, now: float) -> bool:
+        """True while ``now`` (``time.monotonic()``) falls in an outage."""
+        with self._lock:
+            return any(begin <= now < end for begin, end in self._windows)
+
+    def start(self, duration: float, now: float) -> None:
+        with self._lock:
+            self._windows.append((now, now + duration))
+
+    def end(self, now: float) -> None:
+        with self._lock:
+            self._windows = [(b, min(e, now)) for b, e in self._windows]
+
+
+class HandshakeLimiter:
+    """At most ``limit`` accepted upgrades in any sliding ``window`` seconds; beyond it TradingView's 429."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._accepted: collections.deque[float] = collections.deque()
+        self._lock = threading.Lock()
+
+    def admit(self, now: float) -> float | None:
+        """None if this upgrade may go ahead (and it is counted); else the seconds until a slot frees."""
+        with self._lock:
+            while self._accepted and now - self._accepted[0] >= self.window:
+                self._accepted.popleft()
+            if len(self._accepted) < self.limit:
+                self._accepted.append(now)
+                return None
+            return self._accepted[0] + self.window - now
+
+
+class ControlFile:
+    """Runtime commands from a file only the server's user can write: no port, no secret.
+
+    Each line appended is run once: ``outage <seconds>`` or ``outage-end``. A file that is not a
+    regular file owned by this uid with mode 0600 (no group or other bits) is refused and logged.
+    Truncating the file starts the line count over.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._done = 0
+        self._refused: tuple[int, int] | None = None
+
+    def poll(self) -> list[list[str]]:
+        """The commands appended since the last poll, each split into words."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return []
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            if self._refused != (st.st_mtime_ns, st.st_mode):
+                self._refused = (st.st_mtime_ns, st.st_mode)
+                logger.warning(
+                    "feed: control file %s refused: it must be a regular file owned by uid %d with mode 0600 "
+                    "(chmod 600 %s)",
+                    self.path,
+                    os.getuid(),
+                    self.path,
+                )
+            return []
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
+            lines = [line.split() for line in handle.read().splitlines()]
+        if len(lines) < self._done:
+            self._done = 0
+        new = [words for words in lines[self._done :] if words]
+        self._done = len(lines)
+        return new

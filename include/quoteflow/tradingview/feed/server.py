@@ -16,6 +16,7 @@ keys (tv.har #66, #84); ``quote_set_fields`` honoured (only those fields are sen
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import threading
@@ -30,8 +31,9 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
+from quoteflow.tradingview.feed.chart import CHART_METHODS, ChartClient, ChartRecording, Charts
 from quoteflow.tradingview.feed.config import FeedConfig
-from quoteflow.tradingview.feed.faults import Faults
+from quoteflow.tradingview.feed.faults import ControlFile, Faults, HandshakeLimiter, Outages
 from quoteflow.tradingview.feed.keys import instrument_of
 from quoteflow.tradingview.feed.replay import Recording, load_replay, replay_messages, replay_symbols
 from quoteflow.tradingview.feed.synthetic import (
@@ -42,6 +44,7 @@ from quoteflow.tradingview.feed.synthetic import (
     snapshot_values,
     synthetic_messages,
 )
+from quoteflow.tradingview.feed.walk import Walk
 from quoteflow.tradingview.protocol import (
     HEARTBEAT,
     MESSAGE,
@@ -84,8 +87,14 @@ class FeedStats:
     client_packets: list[tuple[int, str, list[Any]]] = field(default_factory=list)
     client_malformed: int = 0
     errors_sent: Counter[str] = field(default_factory=Counter)
-    # Client methods the feed does not act on (set_locale, chart_*, unknown names ...): no reply, as TradingView.
+    # Client methods the feed does not act on (set_locale, studies, unknown names ...): no reply, as TradingView.
     ignored_methods: Counter[str] = field(default_factory=Counter)
+    outage_drops: int = 0  # connections cut when an outage began
+    refused_outage: int = 0  # upgrades answered 503 during an outage
+    refused_rate_limited: int = 0  # upgrades answered 429 by the handshake limit
+    chart_series: int = 0  # create_series/modify_series answered with bars
+    bars_sent: int = 0  # bars in timescale_update packets
+    du_sent: int = 0  # du packets
 
 
 @dataclass(slots=True)
@@ -111,6 +120,8 @@ class _Client:
         # Rebuilt whole on every subscription change, so the writer reads one consistent tuple.
         self.routes: Routes = ()
         self.subscribed = threading.Event()
+        self.charts = ChartClient()
+        self.last_tick: dict[str, int] = {}  # symbol → second of the last quote tick sent (closing ticks follow)
         self.closed = threading.Event()
         self.pending_heartbeats: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -130,12 +141,85 @@ class FeedServer:
         self._stopping = threading.Event()
         self._replay: Recording = []
         self._walks: dict[str, SymbolWalk] = {}
+        # Bars and ticks share one walk, a pure function of (seed, symbol, time): the same history on every connect.
+        self.walk = Walk(config.seed or 0)
+        self._clock_origin = time.time()
+        self._clients: set[_Client] = set()
+        self._started = time.monotonic()
+        self.outages = Outages(config.outages, self._started)
+        self._limiter = HandshakeLimiter(*config.handshake_limit) if config.handshake_limit else None
+        self._control = ControlFile(config.control_file) if config.control_file else None
+        self._outage_was_active = False
         if config.replay is not None:
             self._replay = load_replay(config.replay)
             self.known_symbols = replay_symbols(self._replay)
         else:
-            self._walks = new_walks(config.synthetic_symbols)
+            self._walks = new_walks(config.synthetic_symbols, self.walk)
             self.known_symbols = set(self._walks)
+        self._recording = ChartRecording([payloads for _, payloads in self._replay])
+        self.charts = Charts(
+            self.walk,
+            self.known_symbols.__contains__,
+            self.clock,
+            frozenset(config.symbol_errors),
+            frozenset(config.not_entitled),
+            rt_update_period=max(1, round(config.du_interval)),
+        )
+
+    def clock(self) -> float:
+        """Feed time (unix seconds): real time, or faster with ``clock_speed`` (bars, ``lp_time``, minute rolls)."""
+        now = time.time()
+        return self._clock_origin + (now - self._clock_origin) * self.config.clock_speed
+
+    # -- feed-wide faults --------------------------------------------------------------------
+
+    def start_outage(self, duration: float) -> None:
+        """Begin an outage now: every connection is cut and upgrades get 503 for ``duration`` seconds."""
+        self.outages.start(duration, time.monotonic())
+        self._check_outage()
+
+    def end_outage(self) -> None:
+        """End every outage now; new connections are accepted again."""
+        self.outages.end(time.monotonic())
+        self._check_outage()
+
+    def _check_outage(self) -> None:
+        """Cut every open connection when an outage begins (once per outage)."""
+        active = self.outages.active(time.monotonic())
+        with self._lock:
+            began = active and not self._outage_was_active
+            self._outage_was_active = active
+            victims = list(self._clients) if began else []
+        if began:
+            logger.info("feed: outage begins: cutting %d connection(s)", len(victims))
+        for client in victims:
+            self.stats.outage_drops += 1
+            self._drop(client, "outage")
+
+    def _monitor(self) -> None:
+        """Scheduled outages and control-file commands, checked four times a second."""
+        while not self._stopping.wait(0.25):
+            self._check_outage()
+            if self._control is None:
+                continue
+            for words in self._control.poll():
+                self._command(words)
+
+    def _command(self, words: list[str]) -> None:
+        if words[0] == "outage" and len(words) == 2:
+            try:
+                duration = float(words[1])
+            except ValueError:
+                duration = -1.0
+            if duration > 0:
+                logger.info("feed: control file: outage for %s s", duration)
+                self.start_outage(duration)
+                return
+        elif words == ["outage-end"]:
+            logger.info("feed: control file: outage ends")
+            self.end_outage()
+            return
+        logger.warning("feed: control file: unknown command %r (use: outage <seconds> | outage-end)", " ".join(words))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -164,6 +248,7 @@ class FeedServer:
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="feed-server", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._monitor, name="feed-faults", daemon=True).start()
         logger.info("feed server listening on %s", self.url)
         return self
 
@@ -190,11 +275,24 @@ class FeedServer:
             self.stats.handshakes += 1
             number = self.stats.handshakes
             self.stats.handshake_times.append(time.monotonic())
+        now = time.monotonic()
+        if self.outages.active(now):
+            self.stats.refused_outage += 1
+            self.stats.rejected_handshakes += 1
+            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Service Unavailable\n")
         status = self.config.handshake_status
-        if status is None or (self.config.fault_connections is not None and number > self.config.fault_connections):
-            return None
-        self.stats.rejected_handshakes += 1
-        return conn.respond(HTTPStatus(status), f"{HTTPStatus(status).phrase}\n")
+        if status is not None and (self.config.fault_connections is None or number <= self.config.fault_connections):
+            self.stats.rejected_handshakes += 1
+            return conn.respond(HTTPStatus(status), f"{HTTPStatus(status).phrase}\n")
+        if self._limiter is not None:
+            wait = self._limiter.admit(now)
+            if wait is not None:
+                self.stats.refused_rate_limited += 1
+                self.stats.rejected_handshakes += 1
+                response = conn.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too Many Requests\n")
+                response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return response
+        return None
 
     def _handle(self, conn: ServerConnection) -> None:
         with self._lock:
@@ -204,13 +302,20 @@ class FeedServer:
         faulty = self.config.fault_connections is None or number <= self.config.fault_connections
         client = _Client(number, conn, Faults(self.config, self._rng, faulty))
         reader = threading.Thread(target=self._read_loop, args=(client,), name=f"feed-read-{number}", daemon=True)
+        with self._lock:
+            self._clients.add(client)
         try:
+            if self.outages.active(time.monotonic()):
+                self._drop(client, "outage")
+                return
             self._send(client, frame(self._hello()))
             reader.start()
             self._write_loop(client)
         except ConnectionClosed:
             pass
         finally:
+            with self._lock:
+                self._clients.discard(client)
             client.closed.set()
             conn.close()
             if reader.is_alive():
@@ -298,7 +403,46 @@ class FeedServer:
                 return
             self._on_session_packet(client, session, method, args)
             return
+        if method in CHART_METHODS:
+            self._on_chart_packet(client, method, params)
+            return
         stats.ignored_methods[method] += 1
+
+    def _on_chart_packet(self, client: _Client, method: str, params: list[Any]) -> None:
+        """Chart sessions: the walk's bars (synthetic), or the recording's chart packets (replay)."""
+        if self.config.replay is not None and method in ("create_series", "modify_series", "resolve_symbol"):
+            self._on_replay_chart(client, method, params)
+            return
+        charts = self.charts
+        before = charts.stats.series_created
+        packets = charts.handle(client.charts, method, params)
+        self.stats.chart_series += charts.stats.series_created - before
+        self.stats.bars_sent = charts.stats.bars_sent
+        for name in ("symbol_error", "series_error", "critical_error"):
+            count = sum(1 for p in packets if f'{{"m":"{name}"' in p[:40])
+            if count:
+                self.stats.errors_sent[name] += count
+        if packets:
+            self._send(client, "".join(packets))
+
+    def _on_replay_chart(self, client: _Client, method: str, params: list[Any]) -> None:
+        """Replay: ``resolve_symbol`` is remembered, a series gets the recorded chart packets under the client's ids."""
+        cs = params[0] if params and isinstance(params[0], str) else None
+        session = client.charts.sessions.get(cs) if cs else None
+        width = 3 if method == "resolve_symbol" else 4
+        if cs is None or session is None or len(params) < width or not all(isinstance(p, str) for p in params[1:width]):
+            self.stats.errors_sent["critical_error"] += 1
+            self._send(client, self.charts.handle(client.charts, method, [None, *params[1:]])[0])
+            return
+        if method == "resolve_symbol":
+            session.aliases[params[1]] = params[2]
+            if not self._recording:
+                self.stats.errors_sent["symbol_error"] += 1
+                self._send(client, encode_packet("symbol_error", [cs, params[1], "invalid symbol"]))
+            return
+        self.stats.chart_series += 1
+        for message in self._recording.packets_for(cs, params[1], params[2], params[3]):
+            self._send(client, message)
 
     def _critical(self, client: _Client, qs: Any, method: str) -> None:
         """``critical_error [qs, "invalid_parameters", method]``: the session stays open, as on TradingView."""
@@ -352,6 +496,10 @@ class FeedServer:
                 values = snapshot_values(walk, session.fields)
                 if values:
                     packets.append(self._snapshot_packet(qs, key, values))
+                    at = walk.sent.get("lp_time")
+                    if isinstance(at, int) and "lp" in values:
+                        # The snapshot is this client's latest tick of that minute: its close follows at the roll.
+                        client.last_tick[instrument] = max(client.last_tick.get(instrument, 0), at)
             packets.append(encode_packet("quote_completed", [qs, key]))
         if packets:
             self._send(client, "".join(packets))
@@ -381,6 +529,7 @@ class FeedServer:
         """Heartbeats and data on one thread, so a stall really stops both."""
         config = self.config
         next_heartbeat = time.monotonic() + config.heartbeat_interval
+        next_du = time.monotonic() + config.du_interval
         heartbeat_no = 0
         sent = 0
         source = self._messages(client)
@@ -402,6 +551,10 @@ class FeedServer:
                 self._send(client, frame(token))
                 self.stats.heartbeats_sent += 1
                 next_heartbeat = now + config.heartbeat_interval
+            if now >= next_du:
+                next_du = now + config.du_interval
+                if client.charts.sessions and not faults.stall_now(sent):
+                    self._send_du(client)
             if not client.subscribed.is_set():
                 client.subscribed.wait(min(0.05, max(0.0, next_heartbeat - now)))
                 continue
@@ -434,6 +587,13 @@ class FeedServer:
             if next_send < now - 1.0:
                 next_send = now  # do not burst to catch up after a slow spell
 
+    def _send_du(self, client: _Client) -> None:
+        """The ``du`` of every live series whose forming bar changed, 200 packets per websocket message."""
+        packets = self.charts.updates(client.charts)
+        for i in range(0, len(packets), 200):
+            self._send(client, "".join(packets[i : i + 200]))
+        self.stats.du_sent += len(packets)
+
     def _snapshot_packet(self, qs: str, key: str, values: dict[str, Any]) -> str:
         """The full merged state of everything sent so far, as TradingView sends after a subscribe."""
         return frame(orjson.dumps({"m": "qsd", "p": [qs, {"n": key, "s": "ok", "v": values}]}).decode())
@@ -444,5 +604,12 @@ class FeedServer:
         if config.replay is not None:
             return replay_messages(self._replay, config.speed, config.loop, lambda: client.qs)
         return synthetic_messages(
-            lambda: client.routes, config.packets_per_message, config.rate, self._rng, self.stats.updates_sent
+            lambda: client.routes,
+            config.packets_per_message,
+            config.rate,
+            self._rng,
+            self.stats.updates_sent,
+            self.walk,
+            self.clock,
+            client.last_tick,
         )
