@@ -24,8 +24,19 @@ from tests.helpers import auth_manager
 
 SOL, BTC = "BINANCE:SOLUSDT", "BINANCE:BTCUSDT"
 SOL_RECORDS, SOL_INDEXED, BTC_RECORDS = 10, 7, 4
-ROUTES = ["/", "/static/app.js", "/api/symbols", f"/api/chart?symbol={SOL}", "/api/latest", "/api/health"]
-API_ROUTES = ["/api/symbols", f"/api/chart?symbol={SOL}", "/api/latest", "/api/health"]
+CANDLES = f"/api/candles?symbol={SOL}&resolution=5"
+LC_JS = "/static/vendor/lightweight-charts.standalone.production.js"
+ROUTES = [
+    "/",
+    "/static/app.js",
+    LC_JS,
+    "/api/symbols",
+    f"/api/chart?symbol={SOL}",
+    CANDLES,
+    "/api/latest",
+    "/api/health",
+]
+API_ROUTES = ["/api/symbols", f"/api/chart?symbol={SOL}", CANDLES, "/api/latest", "/api/health"]
 # FastAPI's self-description: nobody needs it, and it would answer without any credential.
 SCHEMA_ROUTES = ["/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"]
 USERS = {"admin": "admin", "reader": "viewer", **{user: "viewer" for user in auth_manager.DENIED_DAG}}
@@ -236,6 +247,9 @@ def test_every_route_answers_an_authenticated_user_by_header_and_by_the_ui_cooki
         "/quotes-view/static/vendor/uPlot.iife.min.js", headers={"Authorization": f"Bearer {token}"}
     )
     assert uplot.status_code == 200 and "uPlot" in uplot.text[:200], "run `npm ci` in plugins/quotes_view"
+    assert "vendor/lightweight-charts.standalone.production.js" in page.text
+    charts = test_client.get(f"/quotes-view{LC_JS}", headers={"Authorization": f"Bearer {token}"})
+    assert charts.status_code == 200 and "Lightweight Charts" in charts.text[:300], "run `make assets`"
     # The Airflow UI's iframe sends no header, only the session cookie set at login.
     test_client.cookies.set("_token", token)
     try:
@@ -424,6 +438,8 @@ def test_kafka_unreachable_is_a_503_for_health_and_flagged_next_to_the_indexed_d
     resp, took = _timed_get(test_client, f"/quotes-view/api/chart?symbol={SOL}", token)
     assert resp.status_code == 200 and took < 3 and f"Kafka at 127.0.0.1:{port}" in resp.json()["kafka_error"]
     assert resp.json()["indexed_points"] == len(resp.json()["t"]) > 0
+    resp, took = _timed_get(test_client, f"/quotes-view{CANDLES}", token)
+    assert resp.status_code == 200 and took < 3 and f"Kafka at 127.0.0.1:{port}" in resp.json()["kafka_error"]
 
 
 def on_kafka_error(error: object) -> None:
