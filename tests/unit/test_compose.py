@@ -39,8 +39,11 @@ AIRFLOW_SERVICES = {
     "airflow-scheduler",
     "airflow-dag-processor",
     "airflow-triggerer",
+    "airflow-worker",
     "quotes-setup",
 }
+# Started only with `--profile celery` (or COMPOSE_PROFILES=celery), together with AIRFLOW_EXECUTOR=CeleryExecutor.
+CELERY_PROFILE = {"redis", "airflow-worker"}
 PIPELINE_DAGS = ("quotes_producer", "quotes_indexer", "quotes_reconcile")
 STACK_VERSION = "9.2.0"
 
@@ -160,6 +163,11 @@ def environment(service: Mapping[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def default_profile(services: Mapping[str, Any]) -> set[str]:
+    """The services `docker compose up` starts without a --profile."""
+    return {name for name, service in services.items() if not service.get("profiles")}
 
 
 def depends_on(service: Mapping[str, Any]) -> dict[str, str]:
@@ -420,7 +428,7 @@ def test_depends_on_targets_exist_with_sound_conditions(services: dict[str, Any]
 
 def test_quotes_setup_waits_for_the_whole_stack(services: dict[str, Any]) -> None:
     deps = depends_on(services["quotes-setup"])
-    long_running = set(services) - ONE_SHOT
+    long_running = default_profile(services) - ONE_SHOT
     assert {t for t, c in deps.items() if c == "service_healthy"} == long_running
     assert deps["airflow-init"] == "service_completed_successfully"
     assert depends_on(services["kibana"])["es-setup"] == "service_completed_successfully"
@@ -430,7 +438,7 @@ def test_quotes_setup_waits_for_the_whole_stack(services: dict[str, Any]) -> Non
 
 
 def test_airflow_runs_local_executor_with_project_mounts(services: dict[str, Any], filled_env: dict[str, str]) -> None:
-    assert not {"redis", "airflow-worker", "flower"} & set(services)
+    assert not {"redis", "airflow-worker", "flower"} & default_profile(services)
     for name in AIRFLOW_SERVICES:
         service = services[name]
         env = environment(service)
@@ -515,6 +523,85 @@ def test_airflow_init_migrates_and_writes_the_admin_password(services: dict[str,
     assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in script and "AIRFLOW_ADMIN_PASSWORD" in script
     assert filled_env["AIRFLOW_ADMIN_PASSWORD"] not in script, "the password must not be baked into the command"
     assert "AIRFLOW_ADMIN_PASSWORD" not in environment(services["airflow-apiserver"])
+
+
+def test_celery_profile_is_redis_and_a_scalable_worker(services: dict[str, Any]) -> None:
+    profiled = {name: s["profiles"] for name, s in services.items() if s.get("profiles")}
+    assert profiled == dict.fromkeys(CELERY_PROFILE, ["celery"])
+    for name in default_profile(services):
+        # Compose refuses to start a service whose dependency is in a profile that is not enabled.
+        assert not set(depends_on(services[name])) & CELERY_PROFILE, f"{name} needs the celery profile"
+    worker, redis = services["airflow-worker"], services["redis"]
+    assert worker["command"] == "celery worker --skip-serve-logs"
+    # Scalable: nothing that two replicas would have to share or fight over.
+    assert not {"container_name", "hostname", "ports"} & set(worker), "airflow-worker cannot be scaled"
+    assert environment(worker)["DUMB_INIT_SETSID"] == "0"
+    assert depends_on(worker) == {
+        "postgres": "service_healthy",
+        "redis": "service_healthy",
+        "airflow-init": "service_completed_successfully",
+    }
+    assert "ports" not in redis and redis["image"].startswith("redis:7")
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+
+
+def test_celery_executor_reaches_redis_with_its_password(
+    raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With AIRFLOW_EXECUTOR=CeleryExecutor, Airflow itself (as in the worker) builds Celery's config for redis:6379."""
+    import sys
+    from urllib.parse import urlsplit
+
+    services = resolve(raw_compose, {**secure_env, "AIRFLOW_EXECUTOR": "CeleryExecutor"})["services"]
+    for name in AIRFLOW_SERVICES:
+        assert environment(services[name])["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+    env = environment(services["airflow-worker"])
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    assert (broker.scheme, broker.hostname, broker.port, broker.path) == ("redis", "redis", 6379, "/0")
+    assert broker.password == secure_env["REDIS_PASSWORD"] == environment(services["redis"])["REDIS_PASSWORD"]
+    assert environment(services["redis"])["REDISCLI_AUTH"] == secure_env["REDIS_PASSWORD"]
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].endswith("@postgres/airflow")
+    child_env = {key: value for key, value in env.items() if key.startswith("AIRFLOW__CELERY__")}
+    child_env.update(AIRFLOW_HOME=str(tmp_path), PATH="/usr/bin:/bin")
+    code = (
+        "import os; from urllib.parse import urlsplit; "
+        "from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG as c; "
+        "u, b = urlsplit(c['broker_url']), urlsplit(c['result_backend']); "
+        "same = u.password == urlsplit(os.environ['AIRFLOW__CELERY__BROKER_URL']).password; "
+        "print(u.hostname, u.port, same, b.scheme, b.hostname, c['worker_concurrency'])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-6:] == ["redis", "6379", "True", "db+postgresql", "postgres", "4"]
+    assert secure_env["REDIS_PASSWORD"] not in run.stdout + run.stderr
+
+
+def test_redis_gets_its_password_on_stdin(raw_compose: dict[str, Any], secure_env: dict[str, str], tmp_path) -> None:
+    """The redis service's script hands its whole configuration to `redis-server -` on stdin, never as argv."""
+    compose_doc = resolve(raw_compose, secure_env)
+    shell, script, env = service_script(compose_doc, "redis")
+    run = run_script(tmp_path, shell, script, env)
+    assert run.returncode == 0, run.stderr
+    (server,) = run.calls
+    assert (server["name"], server["argv"]) == ("redis-server", ["-"])
+    config = server["stdin"].splitlines()
+    assert f"requirepass {secure_env['REDIS_PASSWORD']}" in config
+    assert {"protected-mode yes", "port 6379", 'save ""', "appendonly no"} <= set(config)
+    assert_no_secret_in_argv(run.calls, secure_env, secret_names(secure_env))
+
+
+def test_redis_healthcheck_needs_the_password(services: dict[str, Any], tmp_path: Path) -> None:
+    """The healthcheck, run against a real password-protected Redis: healthy with REDISCLI_AUTH, not without."""
+    from tests.helpers.redis import redis_server
+
+    kind, script = services["redis"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    with redis_server(tmp_path) as server:
+        good = run_script(tmp_path, "sh", script, {"REDISCLI_AUTH": server.password}, port=server.port)
+        assert good.returncode == 0, good.stderr
+        assert [call["argv"] for call in good.calls] == [["ping"]]
+        bad = run_script(tmp_path, "sh", script, {"REDISCLI_AUTH": "wrong"}, port=server.port)
+        assert bad.returncode != 0, "a refused login must not count as healthy"
 
 
 def test_kafka_is_a_single_kraft_node(services: dict[str, Any]) -> None:
@@ -647,7 +734,7 @@ STAND_IN = """#!{python}
 # Records its argv (and, for curl, its stdin) as one JSON line, then does what the test needs.
 import json, os, subprocess, sys
 name = os.path.basename(sys.argv[0])
-stdin = sys.stdin.read() if name == "curl" else ""
+stdin = sys.stdin.read() if name in ("curl", "redis-server") else ""
 with open(os.environ["STAND_IN_LOG"], "a") as log:
     log.write(json.dumps({{"name": name, "argv": sys.argv[1:], "stdin": stdin}}) + "\\n")
 if name == "curl":
@@ -657,6 +744,9 @@ if name == "curl":
     sys.exit(subprocess.run(argv, input=stdin, text=True).returncode)
 if name == "python":
     os.execv("{python}", ["{python}", *sys.argv[1:]])
+if name == "redis-cli":
+    # The real redis-cli, sent to the test's own Redis on STAND_IN_PORT.
+    os.execv("{redis_cli}", ["{redis_cli}", "-p", os.environ["STAND_IN_PORT"], *sys.argv[1:]])
 if name == "chmod":
     os.execv("{chmod}", ["{chmod}", *sys.argv[1:]])
 """
@@ -671,15 +761,20 @@ class ScriptRun:
 
 
 def run_script(
-    tmp_path: Path, shell: str, script: str, env: Mapping[str, str], recorder: _Recorder | None = None
+    tmp_path: Path, shell: str, script: str, env: Mapping[str, str], recorder: _Recorder | None = None, port: int = 0
 ) -> ScriptRun:
     """Run ``script`` as ``shell -c`` with ``env`` only, the stand-ins first on PATH; return what they saw."""
     import sys
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    text = STAND_IN.format(python=sys.executable, curl=shutil.which("curl"), chmod=shutil.which("chmod"))
-    for name in ("curl", "python", "chmod", "chown", "mkdir", "entrypoint"):
+    text = STAND_IN.format(
+        python=sys.executable,
+        curl=shutil.which("curl"),
+        chmod=shutil.which("chmod"),
+        redis_cli=shutil.which("redis-cli") or "/usr/bin/redis-cli",
+    )
+    for name in ("curl", "python", "chmod", "chown", "mkdir", "entrypoint", "redis-server", "redis-cli"):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "calls.jsonl"
@@ -688,7 +783,7 @@ def run_script(
         **env,
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "STAND_IN_LOG": str(log),
-        "STAND_IN_PORT": str(recorder.port if recorder else 9),
+        "STAND_IN_PORT": str(port or (recorder.port if recorder else 9)),
         "TMPDIR": str(tmp_path),
     }
     # The image's entrypoint lives at /entrypoint; the stand-in takes its place.
