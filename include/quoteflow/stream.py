@@ -132,7 +132,11 @@ def run_producer(run: ProducerRun, stop: threading.Event | None = None) -> dict[
     stop = stop or threading.Event()
     bars_on = bool(run.client.bar_resolutions)
     if bars_on and not run.bars_topic:
-        raise ConfigError("bar resolutions are set but no bars topic is given")
+        if not run.client.quotes:
+            raise ConfigError("a history-only run needs a bars topic to write to")
+        logger.info("bar resolutions are set but the bars topic is empty: bars are off for this run")
+        run = dataclasses.replace(run, client=dataclasses.replace(run.client, bar_resolutions=()))
+        bars_on = False
     topic_max_bytes = None
     client_config = run.client
     if run.check_topic:
