@@ -62,3 +62,24 @@ def test_make_lint_fails_on_a_planted_finding(tmp_path: Path, planted: str, expe
     assert proc.returncode != 0, f"make lint passed with a planted finding:\n{proc.stdout}{proc.stderr}"
     assert expect in proc.stdout + proc.stderr
     assert "planted.py" in proc.stdout + proc.stderr
+
+
+def test_ci_installs_what_a_fresh_machine_lacks(tmp_path: Path) -> None:
+    """On a machine without them, .ci/run asks apt for the tools the suite starts (redis-server included)."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    calls = tmp_path / "calls"
+    for name in ("apt-get", "make"):
+        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{calls}"\n')
+        (stubs / name).chmod(0o755)
+    (stubs / "dirname").symlink_to(shutil.which("dirname") or "/usr/bin/dirname")
+    # Only the stubs on PATH: every `command -v` check fails, as on a bare machine.
+    run = subprocess.run(
+        ["/bin/bash", str(ROOT / ".ci" / "run")], env={"PATH": str(stubs)}, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    lines = calls.read_text().splitlines()
+    (install,) = [line for line in lines if line.startswith("apt-get install")]
+    wanted = {"maven", "unzip", "openjdk-17-jdk-headless", "nodejs", "npm", "chromium", "redis-server"}
+    assert wanted <= set(install.split()), install
+    assert lines[-2:] == ["make lint", "make test"]
