@@ -8,9 +8,10 @@
    template settings.
 4. **seed**: one ``PUT /<index>/_doc/<id>`` per document on a sample, extrapolated to docs/s.
 
-Indexer and ceiling alternate over ``ROUNDS`` rounds (which goes first alternates too), each run into
-a fresh index that is deleted after it, so no run inherits another's merges; the figures are medians
-with min–max. ``BENCH_QUICK=1`` preloads 100,000 records instead of 500,000 (same rounds).
+Indexer and ceiling alternate over ``BENCH_ROUNDS`` rounds (default 5; which goes first alternates
+too), each run into a fresh index that is deleted after it, so no run inherits another's merges; the
+figures are medians with min–max, and the ratio is also given per round (indexer / ceiling of the same
+round, so drift between rounds cancels). ``BENCH_QUICK=1`` preloads 100,000 records instead of 500,000.
 
 Run: ``.venv/bin/python bench/indexer.py [--records N]``; figures go to bench/results.json (section
 ``indexer``). ``--index-only --topic T`` times one indexer run over an existing topic and prints it as
@@ -55,7 +56,7 @@ ES_URL = "http://127.0.0.1:9200"
 PARTITIONS = 3
 IN_FLIGHT = 2
 SYMBOLS = [f"BINANCE:C{i:03d}USDT" for i in range(50)]
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 # A reading-only consumer, as the indexer's own reader configures one.
 READER = {
@@ -168,9 +169,13 @@ def drop(es: Elasticsearch, pattern: str) -> None:
     es.options(ignore_status=404).indices.delete(index=pattern, expand_wildcards="all")
 
 
-def spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float], digits: int = 0) -> dict[str, float]:
     """Median with min and max, as every figure here is reported."""
-    return {"median": round(median(values)), "min": round(min(values)), "max": round(max(values))}
+    return {
+        "median": round(median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 def run_indexer(es: Elasticsearch, ranges: list[PartitionRange], prefix: str, run: str) -> tuple[float, int]:
@@ -283,6 +288,9 @@ def main() -> int:
             "seed_docs_per_s": round(seed_rate, 1),
             "seed_sample_docs": seed_docs,
             "ratio_indexer_to_ceiling": round(indexer_rate / ceiling_rate, 3),
+            "ratio_indexer_to_ceiling_per_round": spread(
+                [i / c for i, c in zip(indexer_rates, ceiling_rates, strict=True)], digits=3
+            ),
             "ratio_indexer_to_seed": round(indexer_rate / seed_rate, 1),
             "targets": {"ratio_indexer_to_ceiling": 0.8, "ratio_indexer_to_seed": 30},
             "notes": "medians of alternating rounds (min-max in *_spread), each run into a fresh index",

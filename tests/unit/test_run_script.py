@@ -219,6 +219,18 @@ def test_airflow_is_sized_for_the_pipeline_and_each_size_yields_to_the_environme
     assert env["QUOTEFLOW_WINDOW_SECONDS"] == "10", "the window setting reaches the DAG processor and the tasks"
 
 
+def test_the_services_make_run_starts_get_small_heaps_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("QUOTEFLOW_KAFKA_HEAP", "QUOTEFLOW_ES_HEAP"):
+        monkeypatch.delenv(key, raising=False)
+    run = _load_run_script(tmp_path / "run")
+    env = run.service_env()
+    assert (env["QUOTEFLOW_KAFKA_HEAP"], env["QUOTEFLOW_ES_HEAP"]) == ("256m", "512m")
+    monkeypatch.setenv("QUOTEFLOW_ES_HEAP", "1g")
+    assert run.service_env()["QUOTEFLOW_ES_HEAP"] == "1g"
+
+
 # ---------------------------------------------------------------- status, logs
 
 
