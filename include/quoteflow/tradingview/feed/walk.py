@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -124,6 +125,19 @@ def _unit(key: int, a: int, b: int, c: int = 0) -> float:
     return (_mix(key ^ inner) >> 11) * (2.0**-53)
 
 
+_EIGHT = struct.Struct("<8Q")
+_SEED = struct.Struct("<QqqQ")
+
+
+def _draws(key: int, tag: int, start: int, count: int) -> list[float]:
+    """``count`` uniform numbers in [0, 1) fixed by (symbol key, what, when): eight per BLAKE2b block."""
+    out: list[float] = []
+    for block in range((count + 7) // 8):
+        digest = hashlib.blake2b(_SEED.pack(key, tag, start, block), digest_size=64).digest()
+        out.extend((x >> 11) * (2.0**-53) for x in _EIGHT.unpack(digest))
+    return out
+
+
 def combine(bars: list[Bar]) -> Bar:
     """One bar from consecutive bars: first open, highest high, lowest low, last close, summed volume."""
     return (
@@ -210,21 +224,20 @@ class Walk:
     def _split(self, symbol: str, level: int, start: int) -> tuple[Bar, ...]:
         """The sub-bars of a nested bar: a bridge from its open to its close that touches its high and low."""
         o, high, low, c, volume = self.node(symbol, level, start)
-        key = self.spec(symbol).key
         n = FANOUT[level]
-        tag = 10 + level
+        draw = iter(_draws(self.spec(symbol).key, 10 + level, start, 5 * n + 3)).__next__
         steps = [0.0]
-        for i in range(1, n + 1):
-            steps.append(steps[-1] + _unit(key, tag, start, i) * 2.0 - 1.0)
+        for _ in range(n):
+            steps.append(steps[-1] + draw() * 2.0 - 1.0)
         sigma = (high - low) * 0.6 / math.sqrt(n)
         xs = [float(o)]
         for i in range(1, n):
             xs.append(o + (c - o) * i / n + sigma * (steps[i] - steps[n] * i / n))
         xs.append(float(c))
-        at_high = int(_unit(key, tag, start, 100) * n)
-        at_low = int(_unit(key, tag, start, 101) * n)
+        at_high = int(draw() * n)
+        at_low = int(draw() * n)
         if at_low == at_high:
-            at_low = (at_high + 1 + int(_unit(key, tag, start, 102) * (n - 1))) % n
+            at_low = (at_high + 1 + int(draw() * (n - 1))) % n
         pulled: set[int] = set()
         for child, target in ((at_high, high), (at_low, low)):
             # Lead the bridge towards the extreme at the child that holds it, so the extreme is no lone spike.
@@ -233,7 +246,7 @@ class Walk:
                 xs[edge] += 0.6 * (target - xs[edge])
                 pulled.add(edge)
         points = [o] + [min(high, max(low, round(x))) for x in xs[1:n]] + [c]
-        weights = [0.5 + _unit(key, tag, start, 200 + i) for i in range(n)]
+        weights = [0.5 + draw() for _ in range(n)]
         total = sum(weights)
         volumes = [int(volume * w / total) for w in weights]
         for i in range(volume - sum(volumes)):
@@ -242,20 +255,21 @@ class Walk:
         for i in range(n):
             co, cc = points[i], points[i + 1]
             top, bottom = max(co, cc), min(co, cc)
-            ch = high if i == at_high else top + int((high - top) * 0.5 * _unit(key, tag, start, 300 + i) ** 2)
-            cl = low if i == at_low else bottom - int((bottom - low) * 0.5 * _unit(key, tag, start, 400 + i) ** 2)
+            up, down = draw(), draw()
+            ch = high if i == at_high else top + int((high - top) * 0.5 * up * up)
+            cl = low if i == at_low else bottom - int((bottom - low) * 0.5 * down * down)
             children.append((co, ch, cl, cc, volumes[i]))
         return tuple(children)
 
     def _minute_path(self, symbol: str, start: int) -> tuple[array[int], array[int], array[int]]:
         """The minute's 60 per-second prices (open first, close last, high and low touched), running max and min."""
         o, high, low, c, _ = self.node(symbol, _MINUTE_LEVEL, start)
-        key = self.spec(symbol).key
-        a = 1 + int(_unit(key, 20, start, 0) * 57)
-        b = 1 + int(_unit(key, 20, start, 1) * 57)
+        draw = iter(_draws(self.spec(symbol).key, 20, start, 64)).__next__
+        a = 1 + int(draw() * 57)
+        b = 1 + int(draw() * 57)
         if b == a:
             b = a + 1
-        first, second = (high, low) if _unit(key, 20, start, 2) < 0.5 else (low, high)
+        first, second = (high, low) if draw() < 0.5 else (low, high)
         anchors = ((0, o), (min(a, b), first), (max(a, b), second), (59, c))
         wiggle = (high - low) * 0.12
         prices = []
@@ -267,7 +281,7 @@ class Walk:
             if s in (s0, s1):
                 prices.append(p0 if s == s0 else p1)
                 continue
-            x = p0 + (p1 - p0) * (s - s0) / (s1 - s0) + wiggle * (_unit(key, 21, start, s) * 2.0 - 1.0)
+            x = p0 + (p1 - p0) * (s - s0) / (s1 - s0) + wiggle * (draw() * 2.0 - 1.0)
             prices.append(min(high, max(low, round(x))))
         highs, lows = array("q"), array("q")
         top, bottom = prices[0], prices[0]
