@@ -124,7 +124,9 @@ def check_quotes_view(
             frame.locator("#symbol").select_option(SYMBOL, timeout=30_000)
             # Choosing a symbol reloads the page with ?symbol=…; the UI mirrors that into its own URL.
             page.wait_for_url("**symbol=BINANCE%3ASOLUSDT**", timeout=30_000)
-            # The tick line is the "Ticks" mode of the chart (candles are the default).
+            # The tick line is the "Ticks" mode of the chart (candles are the default). The reloaded page's
+            # controls answer once it has its symbols.
+            frame.locator("body[data-ready='1']").wait_for(timeout=30_000)
             frame.locator("#resolution").select_option("ticks", timeout=30_000)
             page.wait_for_url("**resolution=ticks**", timeout=30_000)
             chart = frame.locator(f"#chart[data-symbol='{SYMBOL}']")

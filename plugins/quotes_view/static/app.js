@@ -358,6 +358,7 @@
     rangeSelect.addEventListener("change", () => go({ range: rangeSelect.value }));
     resolutionSelect.addEventListener("change", () => go({}));
     $(ticks ? "chart" : "candles").hidden = false;
+    document.body.dataset.ready = "1"; // the controls answer from here on (read by the browser tests)
     window.addEventListener("resize", () => {
       if (state.plot) state.plot.setSize({ width: $("chart").clientWidth, height: 360 });
     });
