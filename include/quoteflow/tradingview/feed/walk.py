@@ -5,8 +5,8 @@ every connect (and every server start) sees the same history, and the walk "keep
 nobody is connected. Prices are integers in ticks (1/pricescale) until they are sent.
 
 The path is built top-down: a week's open, high, low and close come from a bounded noise around the
-symbol's price level; each bar is split into its sub-bars (week → 7 days → 6 × 4 h → 4 × 1 h → 4 × 15 m
-→ 3 × 5 m → 5 × 1 m) so that the sub-bars' first open, last close, highest high and lowest low are
+symbol's price level; each bar is split into its sub-bars (week → 7 days → 6 × 4 h → 4 × 1 h → 60 × 1 m;
+other resolutions are runs of those) so that the sub-bars' first open, last close, highest high and lowest low are
 exactly the parent's; a minute is split into 60 one-second prices that start at its open, touch its
 high and low and end at its close. So every coarser bar is the exact aggregate of its one-minute bars,
 and every one-minute bar the exact aggregate of the per-second prices that the quote ticks carry.
@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 from array import array
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
 _MASK = (1 << 64) - 1
+_TO_UNIT = 2.0**-53
 WEEK_ORIGIN = 345_600  # Monday 1970-01-05 00:00 UTC: TradingView's weekly bars start on Mondays
 LISTED = 1_262_563_200  # Monday 2010-01-04 00:00 UTC: no synthetic bar starts earlier
 # Nested bar lengths (s), coarsest first, and how many sub-bars each one splits into.
-LEVELS = (604_800, 86_400, 14_400, 3_600, 900, 300, 60)
-FANOUT = (7, 6, 4, 4, 3, 5)
+LEVELS = (604_800, 86_400, 14_400, 3_600, 60)
+FANOUT = (7, 6, 4, 60)
 _MINUTE_LEVEL = len(LEVELS) - 1
 _LEVEL_OF = {seconds: level for level, seconds in enumerate(LEVELS)}
 VOLUME_UNIT = 1000  # volume is kept in thousandths of the base asset
@@ -125,16 +125,13 @@ def _unit(key: int, a: int, b: int, c: int = 0) -> float:
     return (_mix(key ^ inner) >> 11) * (2.0**-53)
 
 
-_EIGHT = struct.Struct("<8Q")
-_SEED = struct.Struct("<QqqQ")
-
-
 def _draws(key: int, tag: int, start: int, count: int) -> list[float]:
-    """``count`` uniform numbers in [0, 1) fixed by (symbol key, what, when): eight per BLAKE2b block."""
-    out: list[float] = []
-    for block in range((count + 7) // 8):
-        digest = hashlib.blake2b(_SEED.pack(key, tag, start, block), digest_size=64).digest()
-        out.extend((x >> 11) * (2.0**-53) for x in _EIGHT.unpack(digest))
+    """``count`` uniform numbers in [0, 1) fixed by (symbol key, what, when): a hashed seed, then an LCG's top bits."""
+    x = _mix(key ^ _mix((tag * 0x9E3779B97F4A7C15 + start * 0xC2B2AE3D27D4EB4F) & _MASK))
+    out = []
+    for _ in range(count):
+        x = (x * 6364136223846793005 + 1442695040888963407) & _MASK
+        out.append((x >> 11) * _TO_UNIT)
     return out
 
 
@@ -238,13 +235,12 @@ class Walk:
         at_low = int(draw() * n)
         if at_low == at_high:
             at_low = (at_high + 1 + int(draw() * (n - 1))) % n
-        pulled: set[int] = set()
+        width = max(1, n // 8)
         for child, target in ((at_high, high), (at_low, low)):
-            # Lead the bridge towards the extreme at the child that holds it, so the extreme is no lone spike.
+            # Lead the bridge towards the extreme around the child that holds it, so the extreme is no lone spike.
             edge = child + 1 if child < n - 1 else child
-            if 0 < edge < n and edge not in pulled:
-                xs[edge] += 0.6 * (target - xs[edge])
-                pulled.add(edge)
+            for j in range(max(1, edge - width + 1), min(n, edge + width)):
+                xs[j] += 0.6 * (1.0 - abs(j - edge) / width) * (target - xs[j])
         points = [o] + [min(high, max(low, round(x))) for x in xs[1:n]] + [c]
         weights = [0.5 + draw() for _ in range(n)]
         total = sum(weights)
@@ -252,12 +248,13 @@ class Walk:
         for i in range(volume - sum(volumes)):
             volumes[i] += 1
         children = []
+        wick = 0.5 * min(1.0, 3.0 / math.sqrt(n))  # many sub-bars: each one's wick is a smaller share of the range
         for i in range(n):
             co, cc = points[i], points[i + 1]
             top, bottom = max(co, cc), min(co, cc)
             up, down = draw(), draw()
-            ch = high if i == at_high else top + int((high - top) * 0.5 * up * up)
-            cl = low if i == at_low else bottom - int((bottom - low) * 0.5 * down * down)
+            ch = high if i == at_high else top + int((high - top) * wick * up * up)
+            cl = low if i == at_low else bottom - int((bottom - low) * wick * down * down)
             children.append((co, ch, cl, cc, volumes[i]))
         return tuple(children)
 
