@@ -1,7 +1,7 @@
 """The quoteflow command line: ``quoteflow <command> ...`` (or ``python -m quoteflow``).
 
 One module per job, each with ``register(subparsers)``: :mod:`~quoteflow.cli.feed` (``serve-feed``),
-:mod:`~quoteflow.cli.produce`, :mod:`~quoteflow.cli.setup`, :mod:`~quoteflow.cli.index`,
+:mod:`~quoteflow.cli.produce`, :mod:`~quoteflow.cli.bars`, :mod:`~quoteflow.cli.setup`, :mod:`~quoteflow.cli.index`,
 :mod:`~quoteflow.cli.backfill`, :mod:`~quoteflow.cli.reconcile`, :mod:`~quoteflow.cli.dlq` and
 :mod:`~quoteflow.cli.maintenance`.
 Every command is one call into :mod:`quoteflow.jobs` and prints a one-line JSON summary.
@@ -13,10 +13,10 @@ import argparse
 import logging
 import sys
 
-from quoteflow.cli import backfill, dlq, feed, index, maintenance, produce, reconcile, setup
+from quoteflow.cli import backfill, bars, dlq, feed, index, maintenance, produce, reconcile, setup
 from quoteflow.settings import ConfigError
 
-COMMANDS = (feed, produce, setup, index, backfill, reconcile, dlq, maintenance)
+COMMANDS = (feed, produce, bars, setup, index, backfill, reconcile, dlq, maintenance)
 
 
 def build_parser() -> argparse.ArgumentParser:
