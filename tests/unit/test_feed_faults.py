@@ -18,6 +18,7 @@ import pytest
 import websocket
 
 from quoteflow.tradingview.feed.config import FeedServerError, parse_fault, parse_handshake_limit
+from quoteflow.tradingview.feed.faults import ControlFile
 from tests.unit.test_feed_chart_protocol import SOL, Raw, bars_of, feed, free_port, history
 
 
@@ -146,3 +147,21 @@ def test_serve_feed_takes_the_fault_flags(tmp_path: Path):
         [*cmd[:5], str(free_port()), "--synthetic", "--fault", "outage:x"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "outage:<after_s>:<duration_s>" in bad.stderr
+
+
+def test_the_control_file_runs_each_appended_line_once_and_refuses_links(tmp_path: Path, caplog):
+    target = tmp_path / "real.control"
+    target.write_text("outage 5\n")
+    os.chmod(target, 0o600)
+    control = ControlFile(target)
+    assert control.poll() == [["outage", "5"]]
+    assert control.poll() == []  # run once
+    with target.open("a") as f:
+        f.write("\noutage-end\n")
+    assert control.poll() == [["outage-end"]]
+    target.write_text("outage 1\n")  # truncated: the count starts over
+    assert control.poll() == [["outage", "1"]]
+    link = tmp_path / "link.control"
+    link.symlink_to(target)
+    assert ControlFile(link).poll() == []
+    assert "refused" in caplog.text and "chmod 600" in caplog.text

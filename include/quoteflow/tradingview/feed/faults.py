@@ -115,24 +115,27 @@ class ControlFile:
         self._done = 0
         self._refused: tuple[int, int] | None = None
 
+    def _refuse(self, why: str, state: tuple[int, int]) -> None:
+        """Log a refused control file once per change of it."""
+        if self._refused != state:
+            self._refused = state
+            logger.warning("feed: control file %s refused: it %s (fix: chmod 600 %s)", self.path, why, self.path)
+
     def poll(self) -> list[list[str]]:
         """The commands appended since the last poll, each split into words."""
         try:
-            st = os.lstat(self.path)
+            # O_NOFOLLOW + fstat: the file checked is the file read (a symlink swapped in is refused).
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return []
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            if self._refused != (st.st_mtime_ns, st.st_mode):
-                self._refused = (st.st_mtime_ns, st.st_mode)
-                logger.warning(
-                    "feed: control file %s refused: it must be a regular file owned by uid %d with mode 0600 "
-                    "(chmod 600 %s)",
-                    self.path,
-                    os.getuid(),
-                    self.path,
-                )
+        except OSError as exc:
+            self._refuse(f"cannot be opened without following links ({exc.strerror})", (0, 0))
             return []
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                self._refuse("is not a regular file owned by this uid with mode 0600", (st.st_mtime_ns, st.st_mode))
+                return []
             lines = [line.split() for line in handle.read().splitlines()]
         if len(lines) < self._done:
             self._done = 0
