@@ -2,10 +2,19 @@
 ### quotes_producer — TradingView websocket → Kafka, as one long supervised task
 
 `schedule="@continuous"` with `max_active_runs=1`: exactly one run at a time, and the next run
-starts as soon as the previous one ends. Each run holds **one task** that streams quotes for
-`max_runtime_minutes` and then exits cleanly (Kafka flushed, socket closed), so no run lives long
-enough to meet the Execution-API token expiry (the project also raises
-`AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME`).
+starts as soon as the previous one ends. Each run splits `symbols` into shards of at most
+`shard_size` (`plan_shards`) and maps **one long task per shard** (`produce_quotes`, map index =
+shard id), each with its own websocket, watchdog, backoff, stats and summary. Shard k connects
+`k × connect_spacing_seconds` (plus jitter) after its task starts, so the shards of a run, or all
+of them retrying at once, never hit TradingView's handshake limit (HTTP 429) in one burst. Each
+shard streams for `max_runtime_minutes` (its start delay included) and then exits cleanly (Kafka
+flushed, socket closed), so no run lives long enough to meet the Execution-API token expiry (the
+project also raises `AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME`).
+
+**A failing shard** retries alone (retries are per mapped task instance); the other shards keep
+streaming. If it exhausts its retries (or fails on configuration), the run is marked failed only
+when every shard has ended: the healthy shards stream until their `max_runtime_minutes`, then
+the next continuous run starts every shard again, the failed one included.
 
 Inside the run the client echoes heartbeats, merges partial `qsd` updates into per-symbol
 snapshots and produces a Quote (key = symbol, header `schema: quote.v1`) only when one changed;
@@ -28,19 +37,25 @@ logged; extra = `headers` for the handshake and client tunables such as `watchdo
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from _shared.connections import connection_info
 from _shared.params import topic_param
 from _shared.tasks import config_errors_fail, pipeline
-from airflow.sdk import BaseOperator, Param, dag
+from airflow.sdk import BaseOperator, Param, dag, task
 
-from quoteflow.settings import BARS_TOPIC, GAPS_TOPIC, KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
+from quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
+from quoteflow.shards import DEFAULT_CONNECT_SPACING_S, DEFAULT_SHARD_SIZE, MAX_CONNECT_SPACING_S, MAX_SHARD_SIZE
 
 
 class QuotesProducerOperator(BaseOperator):
-    """Run the TradingView → Kafka loop for the run's ``max_runtime_minutes``; ``on_kill`` stops it cleanly."""
+    """Stream one shard (or all symbols) TradingView → Kafka for ``max_runtime_minutes``; ``on_kill`` stops it.
+
+    ``shard`` is one element of ``plan_shards``' list (``shard``, ``symbols``, ``start_delay_s``); without it
+    the task streams the ``symbols`` Param on one connection.
+    """
 
     ui_color = "#d6eaf8"
 
@@ -51,9 +66,11 @@ class QuotesProducerOperator(BaseOperator):
         tradingview_conn_id: str = TRADINGVIEW_CONN_ID,
         stats_interval_s: float = 30.0,
         flush_timeout_s: float = 4.0,
+        shard: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.shard = shard
         self.kafka_conn_id = kafka_conn_id
         self.tradingview_conn_id = tradingview_conn_id
         self.stats_interval_s = stats_interval_s
@@ -65,6 +82,7 @@ class QuotesProducerOperator(BaseOperator):
         from quoteflow import jobs
 
         params = context["params"]
+        shard = self.shard or {}
         if self._stop is None:
             self._stop = threading.Event()
         # Retrying cannot fix configuration (a missing topic, a token for a foreign host, or every
@@ -73,12 +91,11 @@ class QuotesProducerOperator(BaseOperator):
             return jobs.produce(
                 pipeline(params, elasticsearch=False, kafka_conn_id=self.kafka_conn_id),
                 url=params["url"],
-                symbols=params["symbols"],
+                symbols=shard.get("symbols", params["symbols"]),
+                shard=shard.get("shard"),
+                start_delay_s=float(shard.get("start_delay_s", 0.0)),
                 tradingview=connection_info(self.tradingview_conn_id, required=False),
                 max_seconds=float(params["max_runtime_minutes"]) * 60.0,
-                bar_resolutions=params.get("bar_resolutions", []),
-                bar_symbols=_bar_symbols(params.get("bar_symbols"), params["symbols"]),
-                history_bars=int(params.get("history_bars", 300)),
                 stats_interval=self.stats_interval_s,
                 flush_timeout=self.flush_timeout_s,
                 stop=self._stop,
@@ -90,13 +107,6 @@ class QuotesProducerOperator(BaseOperator):
             self._stop = threading.Event()
         self._stop.set()
         self.log.info("stop requested: flushing Kafka and closing the websocket")
-
-
-def _bar_symbols(wanted: list[str] | None, symbols: list[str]) -> list[str] | None:
-    """The bar symbols of this shard: all of them when ``wanted`` is empty, else those of ``wanted`` it streams."""
-    if not wanted:
-        return None
-    return [s for s in symbols if s in set(wanted)]
 
 
 @dag(
@@ -131,42 +141,28 @@ def _bar_symbols(wanted: list[str] | None, symbols: list[str]) -> list[str] | No
             description="The task exits cleanly after this long and the next continuous run takes over.",
         ),
         "topic": topic_param("The Kafka topic quotes are written to (key = symbol)."),
-        "bar_resolutions": Param(
-            ["1"],
-            type="array",
-            items={"type": "string", "pattern": "^([0-9]{1,4}[SDWM]?|[DWM])$"},
-            title="Bar resolutions",
-            description=(
-                "Chart sessions per symbol at these resolutions (1 = one-minute bars, 5, 60, 1D ...): Bar records "
-                "to bars.tradingview, feed gaps to gaps.tradingview. Empty = bars off (quotes only)."
-            ),
-        ),
-        "history_bars": Param(
-            300,
+        "shard_size": Param(
+            DEFAULT_SHARD_SIZE,
             type="integer",
             minimum=1,
-            maximum=10_000,
-            title="History bars on every connect",
-            description="Bars asked for on every (re)connect, so the chart is full at once; more after a long gap.",
+            maximum=MAX_SHARD_SIZE,
+            title="Symbols per websocket (shard size)",
+            description=(
+                "At most this many symbols share one websocket; one mapped produce_quotes task per shard. "
+                "TradingView records no per-connection cap; 500 keeps each reconnect's snapshot burst and "
+                "the symbols one dropped socket takes down small, while 5,000 symbols need only 10 handshakes."
+            ),
         ),
-        "bars_topic": Param(
-            BARS_TOPIC,
-            type="string",
-            title="Bars topic",
-            description="Kafka topic of the Bar records (key = symbol|resolution); empty = bars off.",
-        ),
-        "gaps_topic": Param(
-            GAPS_TOPIC,
-            type="string",
-            title="Gaps topic",
-            description="Kafka topic of the feed-gap events (disconnect, stall, handover); empty = not written.",
-        ),
-        "bar_symbols": Param(
-            [],
-            type="array",
-            items={"type": "string"},
-            title="Bar symbols",
-            description="Stream bars for these of the symbols only; empty = every symbol.",
+        "connect_spacing_seconds": Param(
+            DEFAULT_CONNECT_SPACING_S,
+            type="number",
+            minimum=0,
+            maximum=MAX_CONNECT_SPACING_S,
+            title="Seconds between shard connects",
+            description=(
+                "Shard k opens its websocket k times this long (plus up to half of it as jitter) after its "
+                "task starts, so N shards do not trip TradingView's handshake rate limit (HTTP 429)."
+            ),
         ),
         "url": Param(
             "wss://data.tradingview.com/socket.io/websocket",
@@ -178,7 +174,24 @@ def _bar_symbols(wanted: list[str] | None, symbols: list[str]) -> list[str] | No
     },
 )
 def quotes_producer():
-    QuotesProducerOperator(task_id="produce_quotes")
+    @task
+    def plan_shards(params=None) -> list[dict[str, Any]]:
+        """The run's shards from its Params: ids, symbols and start delays (refused plans name the fix)."""
+        from quoteflow import shards
+
+        assert params is not None
+        with config_errors_fail():
+            plan = shards.plan(
+                params["symbols"],
+                params["shard_size"],
+                spacing_s=float(params["connect_spacing_seconds"]),
+                max_seconds=float(params["max_runtime_minutes"]) * 60.0,
+            )
+        return [s.as_dict() for s in plan]
+
+    QuotesProducerOperator.partial(
+        task_id="produce_quotes", map_index_template="shard {{ task.shard['shard'] }}"
+    ).expand(shard=plan_shards())
 
 
 quotes_producer()
