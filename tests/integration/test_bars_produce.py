@@ -81,7 +81,9 @@ def test_a_run_starting_after_the_previous_runs_last_bar_records_a_handover_gap(
         closed=False, origin="live", received_at=format_timestamp(last, milliseconds=True),
     )  # fmt: skip
     producer.produce(topics["bars_topic"], value, f"{SYMBOLS[1]}|1".encode(), headers=BAR_HEADERS)
-    producer.produce(topics["bars_topic"], value.replace(b'"1"', b'"5"'), f"{SYMBOLS[1]}|5".encode())
+    producer.produce(
+        topics["bars_topic"], value.replace(b'"1"', b'"5"'), f"{SYMBOLS[1]}|5".encode(), headers=BAR_HEADERS
+    )
     assert producer.flush(10) == 0
     with feed(synthetic_symbols=3, rate=200) as server:
         before = time.time()
@@ -95,6 +97,13 @@ def test_a_run_starting_after_the_previous_runs_last_bar_records_a_handover_gap(
     # The history request of the first connect reaches back over the gap (30 s: history_bars still covers it).
     creates = [p for _, m, p in server.stats.client_packets if m == "create_series"]
     assert {p[5] for p in creates} == {5}
+    # Its bars from the one the gap began in onwards are gap_fill, the older ones plain history.
+    bars = _bars(kafka_bootstrap, topics["bars_topic"], 2 + summary["bars"])[2:]
+    first = last - last % 60
+    burst = [b for b in bars if b["origin"] != "live"]
+    assert len(burst) == 15
+    assert all((b["origin"] == "gap_fill") == (_epoch(b["start"]) >= first) for b in burst), burst
+    assert any(b["origin"] == "gap_fill" for b in burst) and any(b["origin"] == "history" for b in burst)
 
 
 def test_bars_off_when_their_topics_are_missing_quotes_still_flow(make_topic, kafka_bootstrap, caplog):
