@@ -216,10 +216,15 @@ class Walk:
             parent = start - (start - WEEK_ORIGIN) % parent_len
         else:
             parent = start - start % parent_len
-        return self._children(symbol, level - 1, parent)[(start - parent) // LEVELS[level]]
+        packed = self._children(symbol, level - 1, parent)
+        i = 5 * ((start - parent) // LEVELS[level])
+        return (packed[i], packed[i + 1], packed[i + 2], packed[i + 3], packed[i + 4])
 
-    def _split(self, symbol: str, level: int, start: int) -> tuple[Bar, ...]:
-        """The sub-bars of a nested bar: a bridge from its open to its close that touches its high and low."""
+    def _split(self, symbol: str, level: int, start: int) -> array[int]:
+        """The sub-bars of a nested bar: a bridge from its open to its close that touches its high and low.
+
+        Packed five numbers per sub-bar (open, high, low, close, volume) so that a cached hour costs 2.4 KB.
+        """
         o, high, low, c, volume = self.node(symbol, level, start)
         n = FANOUT[level]
         draw = iter(_draws(self.spec(symbol).key, 10 + level, start, 5 * n + 3)).__next__
@@ -247,7 +252,7 @@ class Walk:
         volumes = [int(volume * w / total) for w in weights]
         for i in range(volume - sum(volumes)):
             volumes[i] += 1
-        children = []
+        children = array("q")
         wick = 0.5 * min(1.0, 3.0 / math.sqrt(n))  # many sub-bars: each one's wick is a smaller share of the range
         for i in range(n):
             co, cc = points[i], points[i + 1]
@@ -255,8 +260,8 @@ class Walk:
             up, down = draw(), draw()
             ch = high if i == at_high else top + int((high - top) * wick * up * up)
             cl = low if i == at_low else bottom - int((bottom - low) * wick * down * down)
-            children.append((co, ch, cl, cc, volumes[i]))
-        return tuple(children)
+            children.extend((co, ch, cl, cc, volumes[i]))
+        return children
 
     def _minute_path(self, symbol: str, start: int) -> tuple[array[int], array[int], array[int]]:
         """The minute's 60 per-second prices (open first, close last, high and low touched), running max and min."""
@@ -320,8 +325,18 @@ class Walk:
             return (prices[0], highs[i], lows[i], prices[i], volume)
         length = LEVELS[level + 1]
         k = (second - start) // length
-        children = self._children(symbol, level, start)
-        return combine([*children[:k], self._partial(symbol, level + 1, start + k * length, second)])
+        forming = self._partial(symbol, level + 1, start + k * length, second)
+        if k == 0:
+            return forming
+        packed = self._children(symbol, level, start)
+        end = 5 * k
+        return (
+            packed[0],
+            max(max(packed[1:end:5]), forming[1]),
+            min(min(packed[2:end:5]), forming[2]),
+            forming[3],
+            sum(packed[4:end:5]) + forming[4],
+        )
 
     def bar_at(self, symbol: str, resolution: Resolution, start: int, second: int) -> tuple[Bar, bool]:
         """The bar opening at ``start`` seen at ``second``: (values, closed); the forming bar is not closed."""
