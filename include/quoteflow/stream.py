@@ -105,7 +105,7 @@ class _Pump:
         logger.info(
             "stats: shard %s, %d symbol(s), %.1f quotes/s, %d sent, %d delivered, %d in flight, %d too large, "
             "%d reconnect(s), errors %s; "
-            "last heartbeat %s ago; last tick age (stalest): %s; no tick yet: %d symbol(s)%s; delayed feed: %s",
+            "last heartbeat %s ago; last tick age (stalest): %s; no tick yet: %d symbol(s)%s; delayed feed: %s%s",
             self.run.shard,
             len(self.run.client.symbols),
             rate,
@@ -120,6 +120,18 @@ class _Pump:
             len(never),
             f" ({', '.join(never[:STALEST_SHOWN])})" if never else "",
             ", ".join(f"{k}={m}" for k, m in sorted(delayed.items())[:STALEST_SHOWN]) or "none",
+            self._bar_stats(),
+        )
+
+    def _bar_stats(self) -> str:
+        """The bars part of the stats line (empty with bars off): bars delivered, gaps, history requests."""
+        assert self.client is not None
+        chart = self.client.chart
+        if chart is None or self.run.bars_topic is None:
+            return ""
+        return (
+            f"; bars {self.producer.delivered_to(self.run.bars_topic)} delivered over {len(chart.active)} series, "
+            f"{self.client.stats.gaps} gap(s), {chart.stats.history_requests} history request(s)"
         )
 
 

@@ -147,14 +147,16 @@ def _final(bars: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(b["symbol"], b["start"]): b for b in bars}
 
 
-def test_history_then_live_bars_are_exactly_the_walks_bars(make_topic, kafka_bootstrap):
+def test_history_then_live_bars_are_exactly_the_walks_bars(make_topic, kafka_bootstrap, caplog):
     """3 symbols, 5 history bars each, the feed clock at 20x: every closed bar in Kafka equals the feed's walk."""
     from quoteflow.tradingview.feed.walk import parse_resolution
 
     topics = _topics(make_topic)
-    with feed(synthetic_symbols=3, rate=50, seed=5, clock_speed=20.0, du_interval=0.2) as server:
-        summary = _produce(server, kafka_bootstrap, topics, 6.0)
+    feed_settings = {"synthetic_symbols": 3, "rate": 50, "seed": 5, "clock_speed": 20.0, "du_interval": 0.2}
+    with caplog.at_level(logging.INFO, logger="quoteflow.stream"), feed(**feed_settings) as server:
+        summary = _produce(server, kafka_bootstrap, topics, 6.0, stats_interval=2.0)
         walk = server.walk
+    assert "delivered over 3 series, 0 gap(s), 3 history request(s)" in caplog.text  # the stats line
     assert summary["history_requests"] == 3 and summary["bars_by_origin"]["history"] == 15
     assert summary["errors"].get("invalid_bar", 0) == 0 and summary["quotes"] > 0
     bars = _bars(kafka_bootstrap, topics["bars_topic"], summary["bars"])
