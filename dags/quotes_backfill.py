@@ -1,12 +1,15 @@
 """
-### quotes_backfill — re-index an exact range of the quotes topic
+### quotes_backfill — re-index an exact range of the quotes, bars or gaps topic
 
-Pick a topic, partitions (empty = all), a mode — **offsets** (`start`/`end` are offsets, end exclusive)
-or **time** (`start`/`end` are ISO-8601 datetimes, end exclusive, resolved with `offsets_for_times`) —
-and optionally `dry_run` to only see the resolved ranges. The range is read with `assign()` under a
-separate consumer group and no offset is committed, so the live windows' bookkeeping never moves.
-Documents keep their `_id = <topic>-<partition>-<offset>`, so overlapping data is rewritten, never
-duplicated. A range Kafka no longer retains is refused, and the error names the available range.
+Pick a stream (quotes, bars or gaps: its topic is re-read), partitions (empty = all), a mode —
+**offsets** (`start`/`end` are offsets, end exclusive) or **time** (`start`/`end` are ISO-8601
+datetimes, end exclusive, resolved with `offsets_for_times`) — and optionally `dry_run` to only see
+the resolved ranges. The range is read with `assign()` under a separate consumer group and no offset
+is committed, so the live windows' bookkeeping never moves. Documents keep their `_id` (quotes
+`<topic>-<partition>-<offset>`, bars `<symbol>-<resolution>-<start>` versioned by offset, gaps
+`gap_id`), so overlapping data is rewritten, never duplicated, and replaying older bar records leaves
+newer bars in place (counted as `stale`). A range Kafka no longer retains is refused, and the error
+names the available range.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
+
+from quoteflow.settings import BARS_INDEX_PREFIX, BARS_TOPIC, GAPS_INDEX_PREFIX, GAPS_TOPIC
 
 
 @dag(
@@ -28,7 +33,14 @@ from airflow.sdk import Param, dag, task
     doc_md=__doc__,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
     params={
-        "topic": topic_param("The Kafka topic to re-read."),
+        "stream": Param(
+            "quotes",
+            type="string",
+            enum=["quotes", "bars", "gaps"],
+            title="Stream",
+            description="Which stream's topic to re-read (the topic Params below name them).",
+        ),
+        "topic": topic_param("The quotes topic."),
         "partitions": Param(
             [],
             type="array",
@@ -63,6 +75,32 @@ from airflow.sdk import Param, dag, task
         ),
         "dlq_topic": dlq_topic_param(),
         "index_prefix": index_prefix_param(),
+        "bars_topic": Param(
+            BARS_TOPIC,
+            type="string",
+            title="Bars topic",
+            description="The Kafka topic of the bars stream; empty turns the stream off.",
+        ),
+        "bars_index_prefix": Param(
+            BARS_INDEX_PREFIX,
+            type="string",
+            minLength=1,
+            title="Bars index prefix",
+            description="Bar documents go to <prefix>YYYY.MM by start.",
+        ),
+        "gaps_topic": Param(
+            GAPS_TOPIC,
+            type="string",
+            title="Gaps topic",
+            description="The Kafka topic of the gap events; empty turns the stream off.",
+        ),
+        "gaps_index_prefix": Param(
+            GAPS_INDEX_PREFIX,
+            type="string",
+            minLength=1,
+            title="Gaps index prefix",
+            description="Gap documents go to <prefix>YYYY.MM by start.",
+        ),
         "group_id": group_param("Live consumer group", "Backfills read as '<group>-backfill' and never commit."),
     },
 )
@@ -80,6 +118,7 @@ def quotes_backfill():
                 end=params["end"],
                 partitions=params["partitions"],
                 dry_run=bool(params["dry_run"]),
+                stream=params["stream"],
             )
 
     run_backfill()

@@ -1,5 +1,5 @@
 """
-### quotes_reconcile — find and repair holes between Kafka and Elasticsearch (hourly)
+### quotes_reconcile — find and repair holes between Kafka and Elasticsearch (hourly); ticks against bars
 
 For each partition of the quotes topic, compares what Kafka holds — from the low watermark to the
 indexer group's committed offset, the end of the last completed window — with what Elasticsearch
@@ -7,6 +7,15 @@ holds, counted by `kafka.offset` with histogram aggregations (no document scan),
 offsets that went to the dead-letter topic. Holes are reported as offset ranges; with `repair`
 (the default) they are re-indexed through the idempotent backfill path and checked again. The task
 fails if holes remain: after the repair, or, with `repair` off, the holes found (the CLI's verdict too).
+
+The bars and gaps topics are checked too: their documents are rewritten by later records (one per bar,
+one per gap), so their retained records are read and each document must hold its newest record's
+offset (one `mget` per thousand ids); a missing or older document is a hole, repaired the same way.
+
+**Cross-check** (`cross_check_hours`, default 2): for every closed minute (or seconds) bar of that span
+with ticks in it, every tick price must lie within `[low, high]` and the last tick must equal the
+close. The bars that disagree are counted and the first 20 named in `cross_check` — a quality figure
+beside the verdict; it does not fail the task.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
+
+from quoteflow.settings import BARS_INDEX_PREFIX, BARS_TOPIC, GAPS_INDEX_PREFIX, GAPS_TOPIC
 
 
 @dag(
@@ -36,9 +47,42 @@ from airflow.sdk import Param, dag, task
             title="Check up to",
             description="'committed': the last completed window; 'high': the log end (may race live runs).",
         ),
+        "cross_check_hours": Param(
+            2,
+            type="number",
+            minimum=0,
+            title="Cross-check span (hours)",
+            description="Check the closed bars of this many past hours against their ticks; 0 turns it off.",
+        ),
         "topic": topic_param(),
         "dlq_topic": dlq_topic_param(),
         "index_prefix": index_prefix_param(),
+        "bars_topic": Param(
+            BARS_TOPIC,
+            type="string",
+            title="Bars topic",
+            description="The Kafka topic of the bars stream; empty turns the stream off.",
+        ),
+        "bars_index_prefix": Param(
+            BARS_INDEX_PREFIX,
+            type="string",
+            minLength=1,
+            title="Bars index prefix",
+            description="Bar documents go to <prefix>YYYY.MM by start.",
+        ),
+        "gaps_topic": Param(
+            GAPS_TOPIC,
+            type="string",
+            title="Gaps topic",
+            description="The Kafka topic of the gap events; empty turns the stream off.",
+        ),
+        "gaps_index_prefix": Param(
+            GAPS_INDEX_PREFIX,
+            type="string",
+            minLength=1,
+            title="Gaps index prefix",
+            description="Gap documents go to <prefix>YYYY.MM by start.",
+        ),
         "group_id": group_param(
             "Indexer consumer group", "Its committed offsets mark the end of the last completed window."
         ),
@@ -53,7 +97,12 @@ def quotes_reconcile():
         from quoteflow import jobs
 
         with config_errors_fail():
-            result = jobs.reconcile(pipeline(params), repair=bool(params["repair"]), until=params["until"])
+            result = jobs.reconcile(
+                pipeline(params),
+                repair=bool(params["repair"]),
+                until=params["until"],
+                cross_check_hours=float(params["cross_check_hours"]),
+            )
         if not result["ok"]:
             # A repair may succeed on a retry; a report of holes without one will say the same again.
             failure = RuntimeError if params["repair"] else AirflowFailException

@@ -1,11 +1,12 @@
 """
 ### quotes_setup — topics, index template and Kibana objects (safe to run again and again)
 
-- **kafka_topics**: creates `quotes.tradingview` (with `message.timestamp.type=LogAppendTime`, which the
-  indexer relies on) and `quotes.tradingview.dlq`, or brings existing ones in line — partitions can
-  only grow — and logs what changed.
-- **es_template**: the composable index template `quotes` for `quotes-*` (`dynamic: strict`, doubles,
-  keywords, `@timestamp`, `kafka.*`; core Elasticsearch features only).
+- **kafka_topics**: creates `quotes.tradingview`, `bars.tradingview` (same partitions and retention) and
+  `gaps.tradingview` (one partition), all with `message.timestamp.type=LogAppendTime`, which the indexer
+  relies on, and `quotes.tradingview.dlq` (shared by the three streams), or brings existing ones in
+  line — partitions can only grow — and logs what changed.
+- **es_template**: the composable index templates `quotes` for `quotes-*`, `bars` for `bars-*` and `gaps`
+  for `gaps-*` (`dynamic: strict`, doubles, keywords, `@timestamp`, `kafka.*`; core features only).
 - **kibana_objects**: through the `kibana_default` connection, waits for Kibana, creates or updates the
   data view `quotes-*` and imports `kibana/*.ndjson` with overwrite. Without that connection it logs
   that Kibana was skipped and succeeds.
@@ -22,7 +23,7 @@ from _shared.params import dlq_topic_param, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
 
-from quoteflow.settings import KIBANA_CONN_ID
+from quoteflow.settings import BARS_TOPIC, GAPS_TOPIC, KIBANA_CONN_ID
 
 
 @dag(
@@ -41,14 +42,14 @@ from quoteflow.settings import KIBANA_CONN_ID
             minimum=1,
             maximum=256,
             title="Partitions",
-            description="Partitions of the quotes and dead-letter topics (can only grow).",
+            description="Partitions of the quotes, bars and dead-letter topics (can only grow).",
         ),
         "retention_hours": Param(
             72,
             type="number",
             minimum=1,
             title="Quotes retention (hours)",
-            description="How long Kafka keeps quotes: the horizon for re-runs and backfills.",
+            description="How long Kafka keeps quotes, bars and gaps: the horizon for re-runs and backfills.",
         ),
         "dlq_retention_days": Param(
             30,
@@ -66,6 +67,18 @@ from quoteflow.settings import KIBANA_CONN_ID
         ),
         "topic": topic_param(),
         "dlq_topic": dlq_topic_param(),
+        "bars_topic": Param(
+            BARS_TOPIC,
+            type="string",
+            title="Bars topic",
+            description="The Kafka topic of the bars stream; empty turns the stream off.",
+        ),
+        "gaps_topic": Param(
+            GAPS_TOPIC,
+            type="string",
+            title="Gaps topic",
+            description="The Kafka topic of the gap events; empty turns the stream off.",
+        ),
         "kibana_timeout_s": Param(
             180,
             type="number",
@@ -78,7 +91,7 @@ from quoteflow.settings import KIBANA_CONN_ID
 def quotes_setup():
     @task
     def kafka_topics(params=None) -> dict:
-        """Create or align the quotes and dead-letter topics."""
+        """Create or align the quotes, bars, gaps and dead-letter topics."""
         from quoteflow import jobs
 
         with config_errors_fail():
@@ -92,7 +105,7 @@ def quotes_setup():
 
     @task
     def es_template() -> str:
-        """Create or update the `quotes` index template."""
+        """Create or update the `quotes`, `bars` and `gaps` index templates."""
         from quoteflow import jobs
 
         with config_errors_fail():

@@ -32,7 +32,12 @@ def pipeline(
         index_prefix=params.get("index_prefix", INDEX_PREFIX),
         group_id=params.get("group_id", CONSUMER_GROUP),
         retry=RetryPolicy(budget_s=float(budget)) if budget is not None else None,
+        **{name: str(params[name]) for name in STREAM_PARAMS if name in params},
     )
+
+
+# Params naming the bars and gaps streams, where a DAG has them ("" turns a stream off).
+STREAM_PARAMS = ("bars_topic", "bars_index_prefix", "gaps_topic", "gaps_index_prefix")
 
 
 @contextmanager

@@ -1,9 +1,11 @@
-"""Re-index an explicit range of the quotes topic — by offsets or by time — without touching live bookkeeping.
+"""Re-index an explicit range of one stream's topic (quotes, bars or gaps) — by offsets or by time — without
+touching live bookkeeping.
 
 The range is read with ``assign()`` under a separate group id and no offset is committed, so the
-live windows' committed offsets never move. Documents get the same deterministic ids as in the
-live path, so a backfill that overlaps indexed data rewrites it instead of duplicating it. A range
-Kafka no longer retains is refused, and the message gives the range that is still available.
+live windows' committed offsets never move. Documents get the same deterministic ids (and, for
+bars, the same offset versions) as in the live path, so a backfill that overlaps indexed data
+rewrites it instead of duplicating it, and a backfill of older bar records leaves newer bars in
+place. A range Kafka no longer retains is refused, and the message gives the range still available.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from quoteflow.kafka.reader import (
     watermarks,
 )
 from quoteflow.quotes import format_timestamp
-from quoteflow.settings import CONSUMER_GROUP, DLQ_TOPIC, INDEX_PREFIX, QUOTES_TOPIC, ConfigError
+from quoteflow.settings import ConfigError
+from quoteflow.streams import Kind, Names
 
 logger = logging.getLogger(__name__)
 
@@ -88,34 +91,41 @@ def resolve_ranges(
 def backfill(
     kafka_config: Mapping[str, Any],
     es: Any,
+    names: Names | None = None,
     *,
     mode: str,
     start: int | datetime,
     end: int | datetime,
     partitions: Sequence[int] | None = None,
-    topic: str = QUOTES_TOPIC,
-    dlq_topic: str = DLQ_TOPIC,
-    index_prefix: str = INDEX_PREFIX,
-    group_id: str = CONSUMER_GROUP,
+    stream: Kind | str = Kind.QUOTES,
     dry_run: bool = False,
     retry: RetryPolicy | None = None,
+    **legacy: str,
 ) -> dict[str, Any]:
-    """Re-index exactly the requested range (idempotent); with ``dry_run`` only resolve and report it."""
+    """Re-index exactly the requested range of ``stream``'s topic (idempotent); with ``dry_run`` only resolve it.
+
+    (``legacy``: the older ``topic``/``dlq_topic``/``index_prefix``/``group_id`` keywords, quotes only.)
+    """
+    try:
+        kind = Kind(stream)
+    except ValueError:
+        raise ConfigError(f"backfill stream must be one of {[k.value for k in Kind]}, got {stream!r}") from None
+    names = Names.resolve(names, legacy).only(kind)
+    topic, group_id = names.streams[0].topic, names.group_id
     with clients.consumer(kafka_config, backfill_group(group_id)) as consumer:
         ranges = resolve_ranges(consumer, topic, partitions, mode, start, end)
     planned = sum(r.size for r in ranges)
     if dry_run:
         logger.info("backfill dry run of %s: %s records in %s", topic, planned, [r.to_dict() for r in ranges])
-        return {"dry_run": True, "records": planned, "ranges": [r.to_dict() for r in ranges]}
+        return {"dry_run": True, "stream": kind.value, "records": planned, "ranges": [r.to_dict() for r in ranges]}
     summary = index_ranges(
         kafka_config,
         es,
         ranges,
-        dlq_topic=dlq_topic,
-        index_prefix=index_prefix,
+        names,
         group_id=backfill_group(group_id),
         commit=False,
         retry=retry,
         label=f"backfill of {topic} ({mode} {start}..{end})",
     )
-    return {"dry_run": False, "records": planned, **summary.to_dict()}
+    return {"dry_run": False, "stream": kind.value, "records": planned, **summary.to_dict()}

@@ -29,6 +29,7 @@ from quoteflow.settings import (
     ConfigError,
     ConnectionInfo,
 )
+from quoteflow.streams import Kind, Names, Stream
 
 HOUR_MS = 3600 * 1000
 
@@ -59,13 +60,23 @@ class Pipeline:
         with Elasticsearch(**self.es_args) as es:
             yield es
 
+    @property
+    def names(self) -> Names:
+        """The streams (quotes; bars and gaps unless their topic is ``""``), DLQ topic and group, as one value."""
+        streams = [Stream(Kind.QUOTES, self.topic, self.index_prefix)]
+        if self.bars_topic:
+            streams.append(Stream(Kind.BARS, self.bars_topic, self.bars_index_prefix))
+        if self.gaps_topic:
+            streams.append(Stream(Kind.GAPS, self.gaps_topic, self.gaps_index_prefix))
+        return Names(tuple(streams), self.dlq_topic, self.group_id)
+
 
 # ------------------------------------------------------------------ setup
 
 
 @dataclass(frozen=True)
 class TopicSettings:
-    """Partitions, retentions and replication of the quotes and dead-letter topics."""
+    """Partitions, retentions and replication of the quotes, bars, gaps and dead-letter topics."""
 
     partitions: int = 3
     retention_hours: float = 72.0
@@ -74,25 +85,47 @@ class TopicSettings:
 
 
 def setup_topics(p: Pipeline, settings: TopicSettings) -> dict[str, dict[str, Any]]:
-    """Create or align the quotes and dead-letter topics; per topic, whether and how it changed."""
-    from quoteflow.kafka.admin import admin_client, dlq_topic_spec, ensure_topic, quotes_topic_spec
+    """Create or align the quotes, bars, gaps and dead-letter topics; per topic, whether and how it changed.
+
+    Bars like quotes (partitions, retention, LogAppendTime); gaps on one partition; a ``""`` bars or
+    gaps topic is not created.
+    """
+    from quoteflow.kafka.admin import (
+        admin_client,
+        bars_topic_spec,
+        dlq_topic_spec,
+        ensure_topic,
+        gaps_topic_spec,
+        quotes_topic_spec,
+    )
 
     admin = admin_client(p.kafka)
     parts, rf = int(settings.partitions), int(settings.replication_factor)
+    retention_ms = int(settings.retention_hours * HOUR_MS)
     specs = [
-        quotes_topic_spec(p.topic, parts, int(settings.retention_hours * HOUR_MS), rf),
+        quotes_topic_spec(p.topic, parts, retention_ms, rf),
         dlq_topic_spec(p.dlq_topic, parts, int(settings.dlq_retention_days * 24 * HOUR_MS), rf),
     ]
+    if p.bars_topic:
+        specs.append(bars_topic_spec(p.bars_topic, parts, retention_ms, rf))
+    if p.gaps_topic:
+        specs.append(gaps_topic_spec(p.gaps_topic, retention_ms, rf))
     results = [ensure_topic(admin, spec) for spec in specs]
     return {r.name: {"created": r.created, "changes": r.changes, "changed": r.changed} for r in results}
 
 
 def setup_template(p: Pipeline) -> str:
-    """Create or update the ``quotes`` index template; what was done (``unchanged`` on a re-run)."""
-    from quoteflow.elastic.template import ensure_template
+    """Create or update the ``quotes``, ``bars`` and ``gaps`` index templates; ``unchanged`` when none changed.
+
+    Otherwise what was done to each, e.g. ``quotes unchanged, bars created, gaps created``.
+    """
+    from quoteflow.elastic.template import ensure_templates
 
     with p.elasticsearch() as es:
-        return ensure_template(es)
+        done = ensure_templates(es)
+    if all(outcome == "unchanged" for outcome in done.values()):
+        return "unchanged"
+    return ", ".join(f"{name} {outcome}" for name, outcome in done.items())
 
 
 def setup_kibana(kibana: ConnectionInfo | None, timeout_s: float) -> dict[str, Any]:
@@ -177,15 +210,13 @@ def produce(
 
 def plan(p: Pipeline, start: datetime, end: datetime, groups: int = 1) -> list[list[dict[str, Any]]]:
     """Step 1 of a window: its per-partition offset ranges, split into at most ``groups`` groups."""
-    return indexer.plan_window(p.kafka, start, end, topic=p.topic, groups=groups, group_id=p.group_id)
+    return indexer.plan_window(p.kafka, start, end, p.names, groups=groups)
 
 
 def index_group(p: Pipeline, ranges: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Step 2: index exactly these ranges (bad records to the DLQ); nothing is committed here."""
     with p.elasticsearch() as es:
-        summary = indexer.index_ranges(
-            p.kafka, es, ranges, dlq_topic=p.dlq_topic, index_prefix=p.index_prefix, group_id=p.group_id, retry=p.retry
-        )
+        summary = indexer.index_ranges(p.kafka, es, ranges, p.names, retry=p.retry)
     return summary.to_dict()
 
 
@@ -193,25 +224,14 @@ def finish(
     p: Pipeline, summaries: Sequence[Mapping[str, Any]], start: datetime, end: datetime, commit: bool = True
 ) -> dict[str, Any]:
     """Step 3: commit the window's ends (for lag tools) and log its one summary line; the window's summary."""
-    total = indexer.finish_window(p.kafka, summaries, start, end, topic=p.topic, group_id=p.group_id, commit=commit)
+    total = indexer.finish_window(p.kafka, summaries, start, end, p.names, commit=commit)
     return total.to_dict()
 
 
 def index_window(p: Pipeline, start: datetime, end: datetime, *, commit: bool = True) -> dict[str, Any]:
     """One window through the DAG's three steps in one process: plan → index the group → finish."""
     with p.elasticsearch() as es:
-        total = indexer.index_window(
-            p.kafka,
-            es,
-            start,
-            end,
-            topic=p.topic,
-            dlq_topic=p.dlq_topic,
-            index_prefix=p.index_prefix,
-            group_id=p.group_id,
-            retry=p.retry,
-            commit=commit,
-        )
+        total = indexer.index_window(p.kafka, es, start, end, p.names, retry=p.retry, commit=commit)
     return total.to_dict()
 
 
@@ -240,8 +260,12 @@ def backfill(
     end: str | int,
     partitions: Sequence[int] | None = None,
     dry_run: bool = False,
+    stream: str = "quotes",
 ) -> dict[str, Any]:
-    """Re-index an explicit offset or time range (never committing); with ``dry_run`` only resolve it."""
+    """Re-index an explicit offset or time range of ``stream``'s topic (quotes, bars or gaps; never committing).
+
+    With ``dry_run`` only resolve it.
+    """
     from quoteflow.backfill import backfill as run_backfill
 
     first, last = backfill_request(mode, start, end)
@@ -250,39 +274,32 @@ def backfill(
         "start": first,
         "end": last,
         "partitions": list(partitions) if partitions else None,
-        "topic": p.topic,
-        "dlq_topic": p.dlq_topic,
-        "index_prefix": p.index_prefix,
-        "group_id": p.group_id,
+        "stream": stream,
         "dry_run": dry_run,
         "retry": p.retry,
     }
     if dry_run:
-        return run_backfill(p.kafka, None, **kwargs)
+        return run_backfill(p.kafka, None, p.names, **kwargs)
     with p.elasticsearch() as es:
-        return run_backfill(p.kafka, es, **kwargs)
+        return run_backfill(p.kafka, es, p.names, **kwargs)
 
 
-def reconcile(p: Pipeline, *, repair: bool = False, until: str = "committed") -> dict[str, Any]:
-    """Compare Kafka with Elasticsearch (and repair the holes); ``ok`` is the verdict: no hole remains.
+def reconcile(
+    p: Pipeline, *, repair: bool = False, until: str = "committed", cross_check_hours: float = 2.0
+) -> dict[str, Any]:
+    """Compare Kafka with Elasticsearch for every stream (and repair the holes); ``ok``: no hole remains in any.
 
     Without ``repair`` the holes found are what remains; with it, what the check after the repair found.
+    ``cross_check`` (ticks against the closed bars of the last ``cross_check_hours``) is a quality
+    figure beside the verdict, not part of it.
     """
     from quoteflow.reconcile import reconcile as run_reconcile
 
     with p.elasticsearch() as es:
         result = run_reconcile(
-            p.kafka,
-            es,
-            repair=repair,
-            topic=p.topic,
-            dlq_topic=p.dlq_topic,
-            index_prefix=p.index_prefix,
-            group_id=p.group_id,
-            until=until,
-            retry=p.retry,
+            p.kafka, es, p.names, repair=repair, until=until, retry=p.retry, cross_check_hours=cross_check_hours
         )
-    remaining = int(result.get("missing_after_repair", result["missing"]))
+    remaining = sum(int(s.get("missing_after_repair", s["missing"])) for s in result["streams"].values())
     return {**result, "remaining": remaining, "ok": remaining == 0}
 
 
@@ -300,7 +317,9 @@ def dlq_replay(p: Pipeline, *, reason: str | None = None) -> dict[str, Any]:
     """Re-produce the dead letters not replayed before (only ``reason``'s, if given) into the quotes topic."""
     from quoteflow.kafka.dlq import replay_dead_letters
 
-    return replay_dead_letters(p.kafka, p.dlq_topic, p.topic, reason=reason)
+    # The DLQ is shared: a bar's or gap's letter goes back to its own topic.
+    routes = {topic: topic for topic in (p.bars_topic, p.gaps_topic) if topic}
+    return replay_dead_letters(p.kafka, p.dlq_topic, p.topic, reason=reason, routes=routes)
 
 
 # ------------------------------------------------------------------ maintenance

@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from quoteflow.elastic.template import ensure_template
+from quoteflow.elastic.template import ensure_template, ensure_templates
 from quoteflow.indexer import index_window
 from tests.helpers.dags import load_dag, returns, task_states
 from tests.helpers.indexing import (
     LOG_APPEND,
+    bar_record,
     committed,
     delete_ids,
     es_sources,
@@ -37,7 +38,17 @@ def test_backfill_and_reconcile_restore_deleted_documents(
     full = es_sources(es_client, fresh_index_prefix)
     assert full and {i: (d["symbol"], d["price"]) for i, d in full.items()} == expected_docs(topic, delivered)
     before = committed(kafka_bootstrap, topic, group, 2)
-    conf = {"topic": topic, "dlq_topic": dlq, "index_prefix": fresh_index_prefix, "group_id": group}
+    bars = make_topic(partitions=1, config=LOG_APPEND)
+    bars_prefix = f"bars-test-{fresh_index_prefix.removeprefix('quotes-test-')}"
+    conf = {
+        "topic": topic,
+        "dlq_topic": dlq,
+        "index_prefix": fresh_index_prefix,
+        "group_id": group,
+        "bars_topic": bars,
+        "bars_index_prefix": bars_prefix,
+        "gaps_topic": "",  # no gaps stream in this run
+    }
 
     assert delete_ids(es_client, fresh_index_prefix, [f"{topic}-0-{o}" for o in range(10, 60)]) == 50
     backfill = load_dag("quotes_backfill")
@@ -65,6 +76,21 @@ def test_backfill_and_reconcile_restore_deleted_documents(
     ]
     assert (result["missing"], result["repaired"], result["missing_after_repair"]) == (5, 5, 0)
     assert es_sources(es_client, fresh_index_prefix) == full
+    assert set(result["streams"]) == {"quotes", "bars"} and result["streams"]["bars"]["missing"] == 0
+
+    # The bars stream: a backfill of its topic indexes one document per bar, the newest record winning.
+    ensure_templates(es_client)
+    produce(kafka_bootstrap, bars, [bar_record("BINANCE:SOLUSDT", "2026-12-02T02:41:00Z", c) for c in (1.0, 2.0, 3.0)])
+    try:
+        bars_conf = {**conf, "stream": "bars", "partitions": [0], "mode": "offsets", "start": "0", "end": "3"}
+        run = backfill.test(run_conf=bars_conf)
+        assert str(run.state) == "success", task_states(run)
+        result = returns(run)["run_backfill"][0]
+        assert (result["stream"], result["read"], result["indexed"], result["stale"]) == ("bars", 3, 3, 0)
+        docs = es_sources(es_client, bars_prefix)
+        assert [d["close"] for d in docs.values()] == [3.0]
+    finally:
+        es_client.options(ignore_status=404).indices.delete(index=f"{bars_prefix}*", expand_wildcards="all")
 
 
 @pytest.mark.parametrize("dag_id", ["quotes_setup", "quotes_indexer", "quotes_backfill", "quotes_reconcile"])

@@ -149,3 +149,42 @@ def wait_past(moment_epoch: float) -> None:
     delay = moment_epoch - time.time() + 0.05
     if delay > 0:
         time.sleep(delay)
+
+
+def bar_record(
+    symbol: str,
+    start: str,
+    close: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    open_: float | None = None,
+    closed: bool = True,
+    origin: str = "live",
+    resolution: str = "1",
+) -> tuple[bytes, bytes]:
+    """A valid bar as the chart client writes it: (key, value); low/high/open default around ``close``."""
+    from quoteflow.bars import bar_key, encode_bar
+
+    first = close if open_ is None else open_
+    value = encode_bar(
+        symbol=symbol,
+        resolution=resolution,
+        start=start,
+        open=first,
+        high=max(first, close) + 1 if high is None else high,
+        low=min(first, close) - 1 if low is None else low,
+        close=close,
+        volume=10.0,
+        closed=closed,
+        origin=origin,
+    )
+    return bar_key(symbol, resolution).encode(), value
+
+
+def gap_record(start: float, end: float, *, cause: str = "disconnect", shard: str = "0") -> tuple[bytes, bytes]:
+    """A valid gap event from epoch seconds: (key, value)."""
+    from quoteflow.gaps import encode_gap, gap_key, make_gap
+
+    gap = make_gap(cause, start, end, ["BINANCE:SOLUSDT"], shard=shard, detail="test gap")
+    return gap_key(gap), encode_gap(gap)

@@ -111,7 +111,12 @@ def test_time_backfill_after_deleting_documents_is_exact_and_commits_nothing(loa
     assert es_sources(es, prefix) == loaded["docs"]
     assert committed(loaded["bootstrap"], topic, loaded["group"], 2) == before
     dry = backfill(loaded["cfg"], None, mode="offsets", start=0, end=10, partitions=[0], dry_run=True, **_kw(loaded))
-    assert dry == {"dry_run": True, "records": 10, "ranges": [{"topic": topic, "partition": 0, "start": 0, "end": 10}]}
+    assert dry == {
+        "dry_run": True,
+        "stream": "quotes",
+        "records": 10,
+        "ranges": [{"topic": topic, "partition": 0, "start": 0, "end": 10}],
+    }
 
 
 def test_backfill_outside_retention_is_refused_with_the_available_range(loaded) -> None:

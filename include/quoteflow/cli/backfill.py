@@ -1,4 +1,4 @@
-"""``quoteflow backfill``: re-index an offset or time range of some partitions, committing nothing."""
+"""``quoteflow backfill``: re-index an offset or time range of some partitions of one stream, committing nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--to-offset", type=int, help="offset after the last one to re-index (exclusive)")
     p.add_argument("--from-time", help="ISO-8601 start (inclusive)")
     p.add_argument("--to-time", help="ISO-8601 end (exclusive)")
+    p.add_argument("--stream", choices=("quotes", "bars", "gaps"), default="quotes", help="whose topic to re-read")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=reported("backfill", run))
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     """Re-index the range (or, with --dry-run, only resolve it); print the summary."""
     mode, start, end = request(args)
     p = pipeline(args, elasticsearch=not args.dry_run)
-    result = jobs.backfill(p, mode=mode, start=start, end=end, partitions=args.partition, dry_run=args.dry_run)
+    result = jobs.backfill(
+        p, mode=mode, start=start, end=end, partitions=args.partition, dry_run=args.dry_run, stream=args.stream
+    )
     print_line({"command": "backfill", **result})
     return 0

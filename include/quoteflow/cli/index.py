@@ -12,7 +12,7 @@ from quoteflow.indexer import parse_bound
 
 def register(subparsers: Any) -> None:
     """Add ``index``."""
-    p = subparsers.add_parser("index", help="index one window [start, end) of the quotes topic")
+    p = subparsers.add_parser("index", help="index one window [start, end) of the quotes, bars and gaps topics")
     add_pipeline_flags(p)
     p.add_argument("--start", required=True, help="ISO-8601 window start (inclusive)")
     p.add_argument("--end", required=True, help="ISO-8601 window end (exclusive)")

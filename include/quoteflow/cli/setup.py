@@ -1,4 +1,4 @@
-"""``quoteflow setup``: create or align the topics, the index template and the Kibana objects (idempotent)."""
+"""``quoteflow setup``: create or align the topics (quotes, bars, gaps, DLQ), the index templates and Kibana objects."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from quoteflow.cli.common import add_pipeline_flags, pipeline, print_line, repor
 
 def register(subparsers: Any) -> None:
     """Add ``setup``."""
-    p = subparsers.add_parser("setup", help="create/align topics, index template and Kibana objects (idempotent)")
+    p = subparsers.add_parser("setup", help="create/align topics, index templates and Kibana objects (idempotent)")
     add_pipeline_flags(p)
     p.add_argument("--partitions", type=int, default=3)
     p.add_argument("--retention-hours", type=float, default=72.0)

@@ -4,7 +4,9 @@ Whole requests are retried on connection errors, timeouts and 429/502/503/504; i
 response, only the items that came back 429 (or 5xx) are re-sent — never the whole chunk, and
 never with ``raise_on_error`` semantics that would drop them (see the anchors on
 ``streaming_bulk``). A 400 for an item (strict mapping, unparsable value) is a *rejection*: it is
-returned to the caller, who dead-letters it. Anything else is fatal for the window. When the
+returned to the caller, who dead-letters it. A 409 ``version_conflict_engine_exception`` (a bar
+written with its offset as external version, older than the bar already indexed) is *stale*: done,
+counted, never an error or a dead letter. Anything else is fatal for the window. When the
 budget is spent the chunk raises :class:`ElasticsearchUnavailable`; because ids are
 deterministic, re-running the window later duplicates nothing.
 
@@ -27,6 +29,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+VERSION_CONFLICT = "version_conflict_engine_exception"
 FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 DEFAULT_CHUNK_DOCS = 2000
 DEFAULT_CHUNK_BYTES = 5 * 1024 * 1024
@@ -92,6 +95,8 @@ class BulkStats:
     requests: int = 0
     retries: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    # Versioned writes older than the document in place (409): done, not indexed; per topic.
+    stale: dict[str, int] = field(default_factory=dict)
 
 
 class BulkWriter:
@@ -201,10 +206,12 @@ class BulkWriter:
                 last_problem = f"HTTP {exc.status_code} for the whole request"
                 retry_items = todo
             else:
-                indexed, rejected, retry_items, last_problem = self._sort_items(todo, response)
+                indexed, rejected, retry_items, last_problem, stale = self._sort_items(todo, response)
                 with self._lock:
                     self.stats.indexed += indexed
                     self.stats.rejections.extend(rejected)
+                    for topic in stale:
+                        self.stats.stale[topic] = self.stats.stale.get(topic, 0) + 1
             if not retry_items:
                 return
             attempt += 1
@@ -220,16 +227,17 @@ class BulkWriter:
             todo = retry_items
 
     @staticmethod
-    def _sort_items(todo: list[BulkItem], response: Any) -> tuple[int, list[Rejection], list[BulkItem], str]:
+    def _sort_items(todo: list[BulkItem], response: Any) -> tuple[int, list[Rejection], list[BulkItem], str, list[str]]:
         body = response.body if hasattr(response, "body") else response
         if not body.get("errors"):
-            return len(todo), [], [], ""
+            return len(todo), [], [], "", []
         results = body.get("items") or []
         if len(results) != len(todo):
             raise BulkItemError(f"bulk response has {len(results)} items for {len(todo)} sent")
         indexed = 0
         rejected: list[Rejection] = []
         retry_items: list[BulkItem] = []
+        stale: list[str] = []
         problem = ""
         for item, result in zip(todo, results, strict=True):
             outcome = next(iter(result.values()))
@@ -239,7 +247,9 @@ class BulkWriter:
                 continue
             error = outcome.get("error") or {}
             detail = f"{error.get('type', '?')}: {error.get('reason', '')}"
-            if status in RETRY_STATUSES or status >= 500:
+            if status == 409 and error.get("type") == VERSION_CONFLICT:
+                stale.append(item.topic)  # an older offset of a versioned document: the newer one stays
+            elif status in RETRY_STATUSES or status >= 500:
                 retry_items.append(item)
                 problem = f"HTTP {status} for items ({detail})"
             elif status == 400:
@@ -249,4 +259,4 @@ class BulkWriter:
                     f"{item.topic}-{item.partition}-{item.offset} refused with HTTP {status} ({detail}); "
                     "not transient and not the document's fault — check the cluster (blocks, missing index, auth)"
                 )
-        return indexed, rejected, retry_items, problem
+        return indexed, rejected, retry_items, problem, stale

@@ -1,9 +1,14 @@
 """A Kafka record → the Elasticsearch document of the data contract, its index and its ``_id``.
 
-``_id`` is ``<topic>-<partition>-<offset>``: the record's position, so writing a record again
+Quotes: ``_id`` is ``<topic>-<partition>-<offset>``: the record's position, so writing a record again
 overwrites the same document — re-runs never duplicate. The index is ``<prefix>YYYY.MM.DD`` of
 ``@timestamp``, which derives from the record's own content, so a record always lands in the same
 index too.
+
+Bars: one document per bar, ``_id = <symbol>-<resolution>-<start>`` in ``<prefix>YYYY.MM`` of
+``start``, written with ``version`` = the record's offset and ``version_type=external_gte``: the
+newest record of a bar wins, a re-run rewrites the same version, an older offset gets a 409 (stale).
+Gaps: ``_id = gap_id`` in ``<prefix>YYYY.MM`` of ``start``, a plain index operation.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from quoteflow.bars import bar_id, decode_bar
+from quoteflow.gaps import decode_gap
 from quoteflow.quotes import (
     FIELD_SET,
     NUMBER_FIELDS_NULLABLE,
@@ -23,6 +30,7 @@ from quoteflow.quotes import (
     SCHEMA_VERSION,
     SOURCE,
     STRING_FIELDS_NULLABLE,
+    InvalidQuote,
     decode_quote,
     format_timestamp,
 )
@@ -132,3 +140,59 @@ def bulk_lines(
         document_id(topic, partition, offset).encode(),
     )
     return action + orjson.dumps(doc) + b"\n"
+
+
+def month_index_name(prefix: str, timestamp: str) -> str:
+    """``<prefix>YYYY.MM`` for an RFC 3339 timestamp (bars and gaps: ``2026-12-02T…`` → ``…2026.12``)."""
+    return f"{prefix}{timestamp[0:4]}.{timestamp[5:7]}"
+
+
+def _kafka_meta(topic: str, partition: int, offset: int, kafka_timestamp_ms: int) -> dict[str, Any]:
+    return {"topic": topic, "partition": partition, "offset": offset, "timestamp": kafka_time(kafka_timestamp_ms)}
+
+
+# Elasticsearch refuses a longer _id for the whole bulk request (not per item): such a record must not reach it.
+MAX_ID_BYTES = 512
+
+
+def _checked_id(doc_id: str) -> str:
+    size = len(doc_id.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        raise InvalidQuote(
+            "schema", f"document id {doc_id[:80]!r}... is {size} bytes in UTF-8, over Elasticsearch's {MAX_ID_BYTES}"
+        )
+    return doc_id
+
+
+def bar_document_id(doc: dict[str, Any]) -> str:
+    """The ``_id`` of a (validated) bar: ``<symbol>-<resolution>-<start>``."""
+    return bar_id(doc["symbol"], doc["resolution"], doc["start"])
+
+
+def bar_lines(
+    value: bytes | None, topic: str, partition: int, offset: int, kafka_timestamp_ms: int, prefix: str
+) -> bytes:
+    """One bar record → its ``_bulk`` lines, versioned by offset (``external_gte``); ``InvalidBar`` for a bad one."""
+    doc = decode_bar(value)
+    doc["@timestamp"] = doc["start"]
+    doc["kafka"] = _kafka_meta(topic, partition, offset, kafka_timestamp_ms)
+    action = {
+        "index": {
+            "_index": month_index_name(prefix, doc["start"]),
+            "_id": _checked_id(bar_document_id(doc)),  # may hold '"' ("={...}" symbol specs): JSON-encoded
+            "version": offset,
+            "version_type": "external_gte",
+        }
+    }
+    return orjson.dumps(action) + b"\n" + orjson.dumps(doc) + b"\n"
+
+
+def gap_lines(
+    value: bytes | None, topic: str, partition: int, offset: int, kafka_timestamp_ms: int, prefix: str
+) -> bytes:
+    """One gap event → its ``_bulk`` lines (``_id = gap_id``, plain index); ``InvalidGap`` for a bad one."""
+    doc = decode_gap(value)
+    doc["@timestamp"] = doc["start"]
+    doc["kafka"] = _kafka_meta(topic, partition, offset, kafka_timestamp_ms)
+    action = {"index": {"_index": month_index_name(prefix, doc["start"]), "_id": _checked_id(doc["gap_id"])}}
+    return orjson.dumps(action) + b"\n" + orjson.dumps(doc) + b"\n"

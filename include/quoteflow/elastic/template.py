@@ -1,4 +1,4 @@
-"""The ``quotes`` composable index template: the data contract's mapping, core Elasticsearch features only.
+"""The ``quotes``, ``bars`` and ``gaps`` composable index templates: the contracts' mappings, core features only.
 
 ``dynamic: strict`` makes a document with an unexpected field a per-item rejection (it goes to the
 DLQ as ``mapping``) instead of silently widening the mapping.
@@ -10,18 +10,36 @@ import logging
 from typing import Any
 
 from quoteflow.quotes import NUMBER_FIELDS_NULLABLE
-from quoteflow.settings import INDEX_PATTERN, TEMPLATE_NAME
+from quoteflow.settings import (
+    BARS_INDEX_PATTERN,
+    BARS_TEMPLATE_NAME,
+    GAPS_INDEX_PATTERN,
+    GAPS_TEMPLATE_NAME,
+    INDEX_PATTERN,
+    TEMPLATE_NAME,
+)
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE_PRIORITY = 200
 
 
+KEYWORD = {"type": "keyword"}
+DOUBLE = {"type": "double"}
+DATE = {"type": "date"}
+KAFKA_MAPPING = {
+    "properties": {
+        "topic": KEYWORD,
+        "partition": {"type": "integer"},
+        "offset": {"type": "long"},
+        "timestamp": DATE,
+    }
+}
+
+
 def quote_mappings() -> dict[str, Any]:
     """The mapping of a quote document: Quote v1 fields, ``@timestamp`` and ``kafka.*``."""
-    keyword = {"type": "keyword"}
-    double = {"type": "double"}
-    date = {"type": "date"}
+    keyword, double, date = KEYWORD, DOUBLE, DATE
     properties: dict[str, Any] = {
         "@timestamp": date,
         "schema": {"type": "integer"},
@@ -35,22 +53,48 @@ def quote_mappings() -> dict[str, Any]:
         "update_mode": keyword,
         "event_time": date,
         "received_at": date,
-        "kafka": {
-            "properties": {
-                "topic": keyword,
-                "partition": {"type": "integer"},
-                "offset": {"type": "long"},
-                "timestamp": date,
-            }
-        },
+        "kafka": KAFKA_MAPPING,
+    }
+    return {"dynamic": "strict", "properties": properties}
+
+
+def bar_mappings() -> dict[str, Any]:
+    """The mapping of a bar document: Bar v1 fields, ``@timestamp`` (= ``start``) and ``kafka.*``."""
+    properties: dict[str, Any] = {
+        "@timestamp": DATE,
+        "schema": {"type": "integer"},
+        **{name: KEYWORD for name in ("source", "symbol", "resolution", "origin")},
+        "start": DATE,
+        "received_at": DATE,
+        **{name: DOUBLE for name in ("open", "high", "low", "close", "volume")},
+        "closed": {"type": "boolean"},
+        "kafka": KAFKA_MAPPING,
+    }
+    return {"dynamic": "strict", "properties": properties}
+
+
+def gap_mappings() -> dict[str, Any]:
+    """The mapping of a gap document: gap v1 fields, ``@timestamp`` (= ``start``) and ``kafka.*``."""
+    properties: dict[str, Any] = {
+        "@timestamp": DATE,
+        "schema": {"type": "integer"},
+        **{name: KEYWORD for name in ("source", "gap_id", "cause", "symbols", "shard", "detail")},
+        **{name: DATE for name in ("start", "end", "recorded_at")},
+        "kafka": KAFKA_MAPPING,
     }
     return {"dynamic": "strict", "properties": properties}
 
 
 def index_template(
-    patterns: list[str] | None = None, *, shards: int = 1, replicas: int = 0, refresh_interval: str = "1s"
+    patterns: list[str] | None = None,
+    *,
+    shards: int = 1,
+    replicas: int = 0,
+    refresh_interval: str = "1s",
+    mappings: dict[str, Any] | None = None,
+    contract: str = "quote.v1",
 ) -> dict[str, Any]:
-    """The template body for ``PUT _index_template/quotes``."""
+    """The template body for ``PUT _index_template/quotes`` (or, with ``mappings`` and ``contract``, another)."""
     return {
         "index_patterns": patterns or [INDEX_PATTERN],
         "priority": TEMPLATE_PRIORITY,
@@ -60,10 +104,25 @@ def index_template(
                 "number_of_replicas": replicas,
                 "refresh_interval": refresh_interval,
             },
-            "mappings": quote_mappings(),
+            "mappings": mappings or quote_mappings(),
         },
-        "_meta": {"managed_by": "quoteflow", "contract": "quote.v1"},
+        "_meta": {"managed_by": "quoteflow", "contract": contract},
     }
+
+
+def bars_template(patterns: list[str] | None = None) -> dict[str, Any]:
+    """The template body for ``PUT _index_template/bars`` (``bars-*``)."""
+    return index_template(patterns or [BARS_INDEX_PATTERN], mappings=bar_mappings(), contract="bar.v1")
+
+
+def gaps_template(patterns: list[str] | None = None) -> dict[str, Any]:
+    """The template body for ``PUT _index_template/gaps`` (``gaps-*``)."""
+    return index_template(patterns or [GAPS_INDEX_PATTERN], mappings=gap_mappings(), contract="gap.v1")
+
+
+def all_templates() -> dict[str, dict[str, Any]]:
+    """Every template quoteflow manages, by name: ``quotes``, ``bars``, ``gaps``."""
+    return {TEMPLATE_NAME: index_template(), BARS_TEMPLATE_NAME: bars_template(), GAPS_TEMPLATE_NAME: gaps_template()}
 
 
 def _normalize(value: Any) -> Any:
@@ -122,3 +181,8 @@ def ensure_template(es: Any, name: str = TEMPLATE_NAME, body: dict[str, Any] | N
     outcome = "created" if current is None else "updated"
     logger.info("index template %s %s for %s", name, outcome, wanted["index_patterns"])
     return outcome
+
+
+def ensure_templates(es: Any) -> dict[str, str]:
+    """Create or update the ``quotes``, ``bars`` and ``gaps`` templates; per name what was done."""
+    return {name: ensure_template(es, name, body) for name, body in all_templates().items()}

@@ -1,4 +1,4 @@
-"""Topic admin: create the quotes and dead-letter topics, or bring an existing topic's config in line.
+"""Topic admin: create the quotes, bars, gaps and dead-letter topics, or bring an existing topic's config in line.
 
 The indexer turns time windows into offsets with ``offsets_for_times``; that is only sound when
 the broker stamps records itself (``message.timestamp.type=LogAppendTime``), so timestamps only
@@ -17,7 +17,7 @@ from quoteflow.settings import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["admin_client", "check_topic", "ensure_topic", "require_log_append_time"]
+__all__ = ["admin_client", "check_topic", "check_topics", "ensure_topic", "require_log_append_time"]
 
 ADMIN_TIMEOUT_S = 15.0
 TIMESTAMP_TYPE_KEY = "message.timestamp.type"
@@ -68,6 +68,16 @@ def quotes_topic_spec(name: str, partitions: int, retention_ms: int, replication
         replication_factor,
         {TIMESTAMP_TYPE_KEY: LOG_APPEND_TIME, "retention.ms": str(int(retention_ms)), "cleanup.policy": "delete"},
     )
+
+
+def bars_topic_spec(name: str, partitions: int, retention_ms: int, replication_factor: int = 1) -> TopicSpec:
+    """The bars topic: like the quotes topic (LogAppendTime: the indexer windows it the same way)."""
+    return quotes_topic_spec(name, partitions, retention_ms, replication_factor)
+
+
+def gaps_topic_spec(name: str, retention_ms: int, replication_factor: int = 1) -> TopicSpec:
+    """The gaps topic: LogAppendTime like the quotes; one partition (a few events a day, read in order)."""
+    return quotes_topic_spec(name, 1, retention_ms, replication_factor)
 
 
 def dlq_topic_spec(name: str, partitions: int, retention_ms: int, replication_factor: int = 1) -> TopicSpec:
@@ -155,12 +165,16 @@ def require_log_append_time(admin: Any, topic: str) -> None:
         raise TopicConfigError(f"topic {topic!r} does not exist; run `quoteflow setup` (or quotes_setup)")
     value = describe_topic_config(admin, topic).get(TIMESTAMP_TYPE_KEY)
     if value != LOG_APPEND_TIME:
-        raise TopicConfigError(
-            f"topic {topic!r} has {TIMESTAMP_TYPE_KEY}={value}; the indexer maps time windows to offsets and needs "
-            f"{LOG_APPEND_TIME}. Fix: run the quotes_setup DAG (or `quoteflow setup`), or "
-            f"kafka-configs --alter --entity-type topics --entity-name {topic} "
-            f"--add-config {TIMESTAMP_TYPE_KEY}={LOG_APPEND_TIME}"
-        )
+        raise _not_log_append_time(topic, value)
+
+
+def _not_log_append_time(topic: str, value: str | None) -> TopicConfigError:
+    return TopicConfigError(
+        f"topic {topic!r} has {TIMESTAMP_TYPE_KEY}={value}; the indexer maps time windows to offsets and needs "
+        f"{LOG_APPEND_TIME}. Fix: run the quotes_setup DAG (or `quoteflow setup`), or "
+        f"kafka-configs --alter --entity-type topics --entity-name {topic} "
+        f"--add-config {TIMESTAMP_TYPE_KEY}={LOG_APPEND_TIME}"
+    )
 
 
 def check_topic(config: Mapping[str, Any], topic: str) -> int | None:
@@ -173,3 +187,38 @@ def check_topic(config: Mapping[str, Any], topic: str) -> int | None:
     require_log_append_time(admin, topic)
     value = describe_topic_config(admin, topic).get("max.message.bytes")
     return int(value) if value and value.isdigit() else None
+
+
+def check_topics(config: Mapping[str, Any], topics: Mapping[str, bool]) -> list[str]:
+    """Of ``{topic: required}``, the topics that exist with LogAppendTime, checked with one admin request.
+
+    A missing required topic, or any topic with another timestamp type, is refused
+    (:class:`TopicConfigError`, naming the fix); a missing optional topic is left out, with a warning.
+    """
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = admin_client(config)
+    meta = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    present = []
+    for topic, required in topics.items():
+        info = meta.topics.get(topic)
+        if info is not None and info.error is None:
+            present.append(topic)
+        elif required:
+            raise TopicConfigError(f"topic {topic!r} does not exist; run `quoteflow setup` (or quotes_setup)")
+        else:
+            logger.warning(
+                "topic %s does not exist: its stream is skipped; run `quoteflow setup` (or quotes_setup) to create it",
+                topic,
+            )
+    if not present:
+        return present
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in present]
+    futures = admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
+    for resource, topic in zip(resources, present, strict=True):
+        entries = futures[resource].result(timeout=ADMIN_TIMEOUT_S)
+        entry = entries.get(TIMESTAMP_TYPE_KEY)
+        value = entry.value if entry is not None else None
+        if value != LOG_APPEND_TIME:
+            raise _not_log_append_time(topic, value)
+    return present

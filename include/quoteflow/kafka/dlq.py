@@ -373,10 +373,15 @@ def origins_since(consumer: Any, dlq_topic: str, since_ms: int) -> set[tuple[str
 
 def dead_lettered_offsets(consumer: Any, dlq_topic: str, origin_topic: str) -> dict[int, set[int]]:
     """Per origin partition, the offsets of ``origin_topic`` that are in the DLQ (they are not in Elasticsearch)."""
-    out: dict[int, set[int]] = {}
+    return dead_lettered_by_topic(consumer, dlq_topic).get(origin_topic, {})
+
+
+def dead_lettered_by_topic(consumer: Any, dlq_topic: str) -> dict[str, dict[int, set[int]]]:
+    """Per origin topic and partition, the offsets in the DLQ: one read of the DLQ for every stream."""
+    out: dict[str, dict[int, set[int]]] = {}
     for letter in read_dead_letters(consumer, dlq_topic):
-        if letter.origin_topic == origin_topic and letter.origin_offset >= 0:
-            out.setdefault(letter.origin_partition, set()).add(letter.origin_offset)
+        if letter.origin_offset >= 0:
+            out.setdefault(letter.origin_topic, {}).setdefault(letter.origin_partition, set()).add(letter.origin_offset)
     return out
 
 
@@ -416,8 +421,12 @@ def replay_dead_letters(
     *,
     reason: str | None = None,
     group_id: str = "quoteflow-dlq-replay",
+    routes: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Re-produce dead letters not replayed before into ``target_topic``; with ``reason``, only those.
+
+    ``routes`` maps an origin topic to its own target (the DLQ is shared: a bar's letter goes back to
+    the bars topic, not into the quotes); letters of any other origin go to ``target_topic``.
 
     What was replayed is remembered as committed DLQ offsets: a full replay under ``group_id``, a
     replay of one reason under ``<group_id>.<reason>``, so replaying one reason leaves the others
@@ -475,7 +484,8 @@ def replay_dead_letters(
                     unreplayable.append("-".join(map(str, origin)))
                     continue
                 headers: list[tuple[str, str | bytes | None]] = [("replay.origin", "-".join(map(str, origin)).encode())]
-                produce_bounded(producer, target_topic, letter.value, letter.key, headers, on_delivery)
+                target = (routes or {}).get(letter.origin_topic, target_topic)
+                produce_bounded(producer, target, letter.value, letter.key, headers, on_delivery)
                 producer.poll(0)
                 replayed += 1
         if producer.flush(FLUSH_TIMEOUT_S) or failures:
