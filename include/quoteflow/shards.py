@@ -108,7 +108,7 @@ def plan(
         )
     parts = split(symbols, shard_size)
     count = len(parts)
-    latest = (count - 1) * spacing_s * (1 + JITTER_FRACTION)
+    latest = (count - 1) * spacing_s + spacing_s * JITTER_FRACTION  # the last shard's longest wait
     if max_seconds is not None and count > 1 and latest >= max_seconds / 2:
         raise ConfigError(
             f"{count} shards of at most {shard_size} symbols, connecting {spacing_s:g} s apart, leave the last "
