@@ -239,3 +239,33 @@ def test_the_bars_command_fetches_history_and_refuses_a_half_range(make_topic, k
     bars = _bars(kafka_bootstrap, bars_topic, summary["bars"])
     assert {b["resolution"] for b in bars} == {"15"} and {b["symbol"] for b in bars} == set(SYMBOLS[:2])
     assert half.returncode == 2 and "--from and --to go together" in half.stderr
+
+
+def test_an_outage_leaves_no_hole_in_the_bars(make_topic, kafka_bootstrap):
+    """The feed cuts every link and refuses upgrades (503) for 8 s, its clock at 20x: over 2 minutes of bars pass
+    unseen. After the reconnect the history covers them: no hole, every closed bar the walk's.
+
+    (Which bars are marked gap_fill goes by the real clock, the gap's; at 20x the feed's bar times run ahead of
+    it, so that is checked at 1x: the handover test here, and tests/e2e/test_gap_fill.py.)"""
+    from quoteflow.tradingview.feed.walk import parse_resolution
+
+    topics = _topics(make_topic)
+    settings = {"synthetic_symbols": 3, "rate": 50, "clock_speed": 20.0, "du_interval": 0.2, "outages": ((2.0, 8.0),)}
+    with feed(**settings) as server:
+        summary = _produce(server, kafka_bootstrap, topics, 16.0, history_bars=5)
+        walk = server.walk
+    assert summary["gaps"] == 1 and summary["connects"] == 2, summary
+    (gap,) = _gaps(kafka_bootstrap, topics["gaps_topic"], expect=1)
+    assert gap["cause"] == "disconnect"
+    assert (parse_timestamp(gap["end"]) - parse_timestamp(gap["start"])).total_seconds() >= 6.0
+    bars = _bars(kafka_bootstrap, topics["bars_topic"], summary["bars"])
+    minute = parse_resolution("1")
+    for symbol in SYMBOLS:
+        final = {start: b for (sym, start), b in _final(bars).items() if sym == symbol}
+        seen = sorted(_epoch(s) for s in final)
+        assert len(seen) > 3 + 120 // 60 and seen == list(range(seen[0], seen[-1] + 60, 60)), "a hole in the bars"
+        for start, bar in ((_epoch(s), b) for s, b in final.items() if b["closed"]):
+            expected = walk.wire(symbol, start, walk.bar(symbol, minute, start))
+            assert [float(start), bar["open"], bar["high"], bar["low"], bar["close"], bar["volume"]] == expected
+    origins = summary["bars_by_origin"]
+    assert origins["history"] + origins.get("gap_fill", 0) == 2 * 3 * 5  # two connects' history
