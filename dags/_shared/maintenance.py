@@ -115,6 +115,8 @@ def db_clean(keep_days: int, dry_run: bool, *, now: datetime | None = None) -> d
             session.bind.dispose()
         logger.info("airflow db clean said:\n%s", printed.getvalue().strip())
     found = _found_rows(printed.getvalue())
+    if not found:
+        logger.warning("could not read Airflow's per-table row counts from its output; the counts below are empty")
     summary = {
         "dry_run": dry_run,
         "keep_days": keep_days,
