@@ -99,7 +99,15 @@ class QuotesProducerOperator(BaseOperator):
                 stats_interval=self.stats_interval_s,
                 flush_timeout=self.flush_timeout_s,
                 stop=self._stop,
+                on_stats=lambda stats: self._push_stats(context, stats),
             )
+
+    def _push_stats(self, context: Any, stats: dict[str, Any]) -> None:
+        """The shard's latest stats to XCom ``stats``, where the live view's health section reads them.
+
+        Pushed from the task's own thread (the client loop), the one that talks to the supervisor.
+        """
+        context["ti"].xcom_push(key="stats", value=stats)
 
     def on_kill(self) -> None:
         """Airflow's SIGTERM handler calls only this: ask the loop to flush and return."""

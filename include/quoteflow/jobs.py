@@ -9,7 +9,7 @@ arguments). Every job returns a plain, JSON-able summary. Configuration errors a
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -163,13 +163,15 @@ def produce(
     stop: threading.Event | None = None,
     shard: str | None = None,
     start_delay_s: float = 0.0,
+    on_stats: Callable[[dict[str, Any]], None] | None = None,
     **client_overrides: Any,
 ) -> dict[str, Any]:
     """Stream quotes from ``url`` into the quotes topic until ``stop`` or ``max_seconds``; the run's summary.
 
     A default ``url`` (TradingView's) gives way to the ``tradingview`` connection's host, if it has one.
     ``shard`` names this connection's share of the symbols (stats, summary, its own ``record_path``);
-    it connects after ``start_delay_s`` (stop-aware), which counts against ``max_seconds``.
+    it connects after ``start_delay_s`` (stop-aware), which counts against ``max_seconds``. ``on_stats``
+    gets each periodic stats line's figures as a dict.
 
     Raises :class:`~quoteflow.kafka.quote_producer.DeliveryFailed` (summary attached) if records were lost.
     """
@@ -193,6 +195,7 @@ def produce(
         flush_timeout=flush_timeout,
         check_topic=check_topic,
         shard=shards.UNSHARDED if shard is None else shard,
+        on_stats=on_stats,
     )
     stop = stop or threading.Event()
     if start_delay_s > 0:

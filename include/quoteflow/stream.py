@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ class ProducerRun:
     flush_timeout: float = 4.0
     check_topic: bool = True
     shard: str = "0"  # this connection's share of the symbols ("0" when unsharded): in the stats line and summary
+    # Called with each stats line's figures as a dict (the DAG pushes them to XCom "stats" for the live view).
+    on_stats: Callable[[dict[str, Any]], None] | None = None
     # Bars on (the client config has bar resolutions): Bar records to bars_topic, gap events to gaps_topic.
     bars_topic: str | None = None
     gaps_topic: str | None = None
@@ -122,6 +124,23 @@ class _Pump:
             ", ".join(f"{k}={m}" for k, m in sorted(delayed.items())[:STALEST_SHOWN]) or "none",
             self._bar_stats(),
         )
+        if self.run.on_stats is not None:
+            self.run.on_stats(
+                {
+                    "shard": self.run.shard,
+                    "symbols": len(self.run.client.symbols),
+                    "at": format_timestamp(time.time()),
+                    "quotes_per_s": round(rate, 1),
+                    "quotes_sent": sent,
+                    "quotes": self.producer.delivered,
+                    "connects": stats.connects,
+                    "reconnects": stats.reconnects,
+                    "errors": dict(stats.errors),
+                    "last_heartbeat_age_s": None if heartbeat is None else round(now - heartbeat, 1),
+                    "stalest_tick_age_s": stalest[0][0] if stalest else None,
+                    "no_tick_yet": len(never),
+                }
+            )
 
     def _bar_stats(self) -> str:
         """The bars part of the stats line (empty with bars off): bars delivered, gaps, history requests."""

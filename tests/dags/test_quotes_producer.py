@@ -96,6 +96,7 @@ def test_shards_map_one_task_each_from_the_params(dag, make_topic, kafka_bootstr
     topic = make_topic(1, LOG_APPEND)
     conf = {"max_runtime_minutes": 0.05, "url": server.start().url, "topic": topic, "symbols": symbols,
             "shard_size": 3, "connect_spacing_seconds": 0.4}  # fmt: skip
+    dag.get_task("produce_quotes").partial_kwargs["stats_interval_s"] = 0.5  # interim stats within the short run
     try:
         run = dag.test(run_conf=conf)
     finally:
@@ -116,6 +117,23 @@ def test_shards_map_one_task_each_from_the_params(dag, make_topic, kafka_bootstr
     records = read_topic(kafka_bootstrap, topic, expect=sum(s["quotes"] for s in summaries))
     assert set(volumes_by_symbol(records)) == set(symbols)  # every symbol streamed, by exactly one shard
     assert server.stats.connections == 3
+    # Each shard's interim stats (the live view's health rows) in XCom "stats", under its own map index.
+    stats = _xcoms(run, "produce_quotes", "stats")
+    assert sorted(stats) == [0, 1, 2]
+    for index, row in stats.items():
+        assert row["shard"] == str(index) and row["symbols"] == len(plan[index]["symbols"])
+        assert row["connects"] == 1 and row["quotes"] > 0 and row["no_tick_yet"] == 0
+
+
+def _xcoms(run, task_id: str, key: str) -> dict[int, dict]:
+    """``{map_index: value}`` of one XCom key of a task in a finished run."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.run_id == run.run_id, XComModel.dag_id == run.dag_id,
+                                               XComModel.task_id == task_id, XComModel.key == key).all()  # fmt: skip
+        return {row.map_index: row.value for row in rows}
 
 
 @pytest.mark.parametrize(("conf", "named"), [({"shard_size": 0}, "shard_size"),
