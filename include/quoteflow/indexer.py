@@ -208,24 +208,29 @@ def _index_messages(
     routes: Mapping[str, _Route],
 ) -> None:
     """The hot loop: each record becomes bulk lines for ``writer`` or a dead letter (no per-record logging)."""
-    last_topic = None
-    route = None
     for batch in batches:
+        route: _Route | None = None
+        build: LineBuilder = bulk_lines
+        prefix, last_topic, run = "", None, 0
         for msg in batch:
             topic, partition, offset, value = msg.topic(), msg.partition(), msg.offset(), msg.value()
-            if topic != last_topic:  # batches mostly hold runs of one topic: one lookup per run
-                route, last_topic = routes[topic], topic
-            assert route is not None
-            route.read += 1
+            if topic != last_topic:  # batches hold runs of one topic: one lookup per run, not per record
+                if route is not None:
+                    route.read += run
+                route, run, last_topic = routes[topic], 0, topic
+                build, prefix = route.build, route.prefix
+            run += 1
             timestamp_ms = msg.timestamp()[1]
             try:
-                lines = route.build(value, topic, partition, offset, timestamp_ms, route.prefix)
+                lines = build(value, topic, partition, offset, timestamp_ms, prefix)
             except InvalidQuote as exc:  # InvalidBar and InvalidGap are InvalidQuotes: the same DLQ rules
                 letters.append(
                     DeadLetterDraft(msg.key(), value, topic, partition, offset, exc.reason, exc.detail, timestamp_ms)
                 )
                 continue
             writer.add(BulkItem(lines, topic, partition, offset, msg.key(), value, timestamp_ms))
+        if route is not None:
+            route.read += run
         summary.read += len(batch)
 
 
