@@ -179,6 +179,29 @@ def test_a_shard_that_fails_for_good_leaves_the_other_shards_streaming(dag, make
     assert sorted(s["shard"] for s in summaries) == ["1", "2"] and all(s["quotes"] > 20 for s in summaries)
     records = read_topic(kafka_bootstrap, topic, expect=sum(s["quotes"] for s in summaries))
     assert set(volumes_by_symbol(records)) == set(synthetic_universe(4))
+    _run_fails_only_when_the_last_shard_ends(run)
+
+
+def _run_fails_only_when_the_last_shard_ends(run) -> None:
+    """Airflow's own DagRun.update_state (what the scheduler calls) on this run, replayed with shards 1 and 2
+    still streaming: the failed shard 0 does not end the run; it fails when the last healthy shard ends."""
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    with create_session() as session:
+        dr = session.merge(run)
+        dr.dag = run.dag
+        tis = {ti.map_index: ti for ti in dr.get_task_instances(session=session) if ti.task_id == "produce_quotes"}
+        seen = []
+        for streaming in ((1, 2), (2,), ()):
+            for index in (1, 2):
+                tis[index].state = TaskInstanceState.RUNNING if index in streaming else TaskInstanceState.SUCCESS
+            dr.state = DagRunState.RUNNING
+            session.flush()
+            dr.update_state(session=session, execute_callbacks=False)
+            seen.append(str(dr.state))
+        session.rollback()
+    assert seen == ["running", "running", "failed"]
 
 
 def _operator_class():
