@@ -1,15 +1,22 @@
-"""kibana/*.ndjson: every object parses, every reference resolves, every field a visualization uses is mapped."""
+"""kibana/*.ndjson: every object parses, every reference resolves, every field a visualization uses is mapped.
+
+Aggregation-based visualizations are checked against the ``quotes`` template; the Vega candlestick
+against the ``bars`` template: every field its query reads, its transforms compute from and its
+encodings draw exists there, with a type that fits its use (temporal → date, quantitative → double,
+nominal → keyword).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
-from quoteflow.elastic.template import quote_mappings
+from quoteflow.elastic.template import bar_mappings, quote_mappings
 from quoteflow.kibana import read_saved_objects
-from quoteflow.settings import DATA_VIEW_ID, INDEX_PATTERN
+from quoteflow.settings import BARS_INDEX_PATTERN, DATA_VIEW_ID, INDEX_PATTERN
 
 JSON_STRING_ATTRIBUTES = ("visState", "uiStateJSON", "panelsJSON", "optionsJSON")
 
@@ -19,7 +26,7 @@ def objects() -> list[dict[str, Any]]:
     return read_saved_objects()
 
 
-def _mapped_fields() -> dict[str, str]:
+def _mapped_fields(mappings: dict[str, Any] | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def walk(props: dict[str, Any], prefix: str) -> None:
@@ -29,7 +36,7 @@ def _mapped_fields() -> dict[str, str]:
             else:
                 out[f"{prefix}{name}"] = spec["type"]
 
-    walk(quote_mappings()["properties"], "")
+    walk((mappings or quote_mappings())["properties"], "")
     return out
 
 
@@ -46,7 +53,7 @@ def test_objects_parse_with_unique_ids_and_expected_kinds(objects) -> None:
         if meta:
             json.loads(meta["searchSourceJSON"])
     kinds = sorted(o["type"] for o in objects)
-    assert kinds == ["dashboard", "index-pattern", "visualization", "visualization"]
+    assert kinds == ["dashboard", "index-pattern", "visualization", "visualization", "visualization"]
 
 
 def test_every_reference_resolves(objects) -> None:
@@ -61,7 +68,7 @@ def test_every_reference_resolves(objects) -> None:
             assert index_ref is None or index_ref in names, f"{obj['id']}: indexRefName {index_ref} unresolved"
         if obj["type"] == "dashboard":
             panels = json.loads(obj["attributes"]["panelsJSON"])
-            assert len(panels) == 2
+            assert len(panels) == 3
             for panel in panels:
                 ref = panel["panelRefName"]
                 assert ref in names or f"{panel['panelIndex']}:{ref}" in names, f"panel {ref} unresolved"
@@ -78,7 +85,7 @@ def test_every_field_a_visualization_uses_exists_in_the_template(objects) -> Non
     fields = _mapped_fields()
     used: set[str] = set()
     for obj in objects:
-        if obj["type"] != "visualization":
+        if obj["type"] != "visualization" or json.loads(obj["attributes"]["visState"])["type"] == "vega":
             continue
         for agg in json.loads(obj["attributes"]["visState"])["aggs"]:
             for key in ("field", "sortField"):
@@ -108,3 +115,107 @@ def test_dashboard_shows_last_15_minutes_refreshing_every_5_seconds(objects) -> 
     assert attrs["timeRestore"] is True
     assert (attrs["timeFrom"], attrs["timeTo"]) == ("now-15m", "now")
     assert attrs["refreshInterval"] == {"pause": False, "value": 5000}
+
+
+# A Vega-Lite encoding type → the Elasticsearch field types that can feed it.
+ENCODING_TYPES = {"temporal": {"date"}, "quantitative": {"double"}, "nominal": {"keyword"}}
+SOURCE_REF = re.compile(r"datum\._source\.([A-Za-z_@][\w.@]*)")
+
+
+def vega_field_uses(spec: dict[str, Any]) -> tuple[str, list[tuple[str, str | None, str]]]:
+    """The index a Vega-Lite spec queries and every ``(ES field, encoding type or None, where)`` it uses.
+
+    Encodings name the fields computed by ``calculate`` transforms (``datum._source.x`` → ``x``); each is
+    traced back to the document field it copies, so a misspelt name anywhere is caught.
+    """
+    url = spec["data"]["url"]
+    body = url.get("body", {})
+    uses: list[tuple[str, str | None, str]] = [(url["%timefield%"], "temporal", "%timefield%")]
+    uses += [(name, None, "_source") for name in body.get("_source", [])]
+    uses += [(name, None, "sort") for entry in body.get("sort", []) for name in entry]
+    aliases: dict[str, str] = {}
+    for transform in spec.get("transform", []):
+        expr = transform.get("calculate") or transform.get("filter") or ""
+        refs = SOURCE_REF.findall(expr)
+        uses += [(name, None, f"transform {expr!r}") for name in refs]
+        if "calculate" in transform:
+            assert len(refs) == 1, f"calculate {expr!r} should copy exactly one document field"
+            aliases[transform["as"]] = refs[0]
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if "field" in node:
+                name = node["field"]
+                assert name in aliases, f"{where}: encoding field {name!r} is not computed by any transform"
+                uses.append((aliases[name], node.get("type"), f"{where}.field {name!r}"))
+            for key, child in node.items():
+                if key == "test":
+                    for name in re.findall(r"datum\.(\w+)", child):
+                        assert name in aliases, f"{where}: condition uses {name!r}, not computed by any transform"
+                walk(child, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, child in enumerate(node):
+                walk(child, f"{where}[{i}]")
+
+    walk({k: v for k, v in spec.items() if k not in ("data", "transform")}, "spec")
+    return url["index"], uses
+
+
+def vega_field_errors(spec: dict[str, Any], mappings: dict[str, Any]) -> list[str]:
+    """What is wrong with the fields of a Vega-Lite spec against an index template's mappings (empty: nothing)."""
+    fields = _mapped_fields(mappings)
+    errors = []
+    for name, kind, where in vega_field_uses(spec)[1]:
+        if name not in fields:
+            errors.append(f"{where}: field {name!r} is not in the template")
+        elif kind is not None and fields[name] not in ENCODING_TYPES[kind]:
+            errors.append(f"{where}: field {name!r} is {fields[name]}, a {kind} encoding needs {ENCODING_TYPES[kind]}")
+    return errors
+
+
+def _vega_candles(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (vis,) = [o for o in objects if o["id"] == "bars-candles"]
+    state = json.loads(vis["attributes"]["visState"])
+    assert state["type"] == "vega"
+    return json.loads(state["params"]["spec"])
+
+
+def test_the_vega_candlestick_reads_bars_and_uses_only_bars_template_fields_with_fitting_types(objects) -> None:
+    spec = _vega_candles(objects)
+    index, uses = vega_field_uses(spec)
+    assert index == BARS_INDEX_PATTERN
+    assert vega_field_errors(spec, bar_mappings()) == []
+    used = {name for name, _, _ in uses}
+    assert {"start", "open", "high", "low", "close", "symbol", "resolution"} <= used
+    # The candles are drawn from the prices: a rule low → high and a bar open → close, per symbol.
+    layers = {
+        layer["mark"] if isinstance(layer["mark"], str) else layer["mark"]["type"]: layer["encoding"]
+        for layer in spec["spec"]["layer"]
+    }
+    assert (layers["rule"]["y"]["field"], layers["rule"]["y2"]["field"]) == ("low", "high")
+    assert (layers["bar"]["y"]["field"], layers["bar"]["y2"]["field"]) == ("open", "close")
+    assert spec["facet"]["row"]["field"] == "symbol"
+
+
+@pytest.mark.parametrize(
+    ("planted", "message"),
+    [
+        ('"datum._source.close"', "'closing' is not in the template"),
+        ('"_source": ["symbol"', "'sym' is not in the template"),
+    ],
+)
+def test_the_vega_check_catches_a_wrong_field_name(objects, planted: str, message: str) -> None:
+    text = json.dumps(_vega_candles(objects))
+    wrong = planted.replace("close", "closing") if "close" in planted else planted.replace("symbol", "sym")
+    assert planted in text
+    errors = vega_field_errors(json.loads(text.replace(planted, wrong, 1)), bar_mappings())
+    assert any(message in e for e in errors), errors
+
+
+def test_the_vega_check_catches_a_field_of_the_wrong_type(objects) -> None:
+    spec = _vega_candles(objects)
+    spec["transform"] = [
+        t if t.get("as") != "open" else {"calculate": "datum._source.origin", "as": "open"} for t in spec["transform"]
+    ]
+    errors = vega_field_errors(spec, bar_mappings())
+    assert any("'origin' is keyword, a quantitative encoding" in e for e in errors), errors
