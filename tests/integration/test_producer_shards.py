@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from quoteflow import jobs, shards
+from quoteflow.settings import ConfigError
 from quoteflow.tradingview.feed_server import synthetic_universe
 from quoteflow.tradingview.session import NoValidSymbols
 from tests.helpers.producing import FAST_CLIENT, LOG_APPEND, feed, read_topic, volumes_by_symbol
@@ -27,12 +28,9 @@ def run_shards(url: str, topic: str, bootstrap: str, plan: list[shards.Shard], s
     out: dict[str, Any] = {}
     pipeline = jobs.Pipeline(kafka={"bootstrap.servers": bootstrap}, topic=topic)
 
-    def one(s: shards.Shard) -> None:
-        try:
-            out[s.shard] = jobs.produce(pipeline, url=url, symbols=s.symbols, max_seconds=seconds, shard=s.shard,
-                                        start_delay_s=s.start_delay_s, **CLIENT)  # fmt: skip
-        except Exception as exc:  # recorded for the test to assert on
-            out[s.shard] = exc
+    def one(s: shards.Shard) -> None:  # a shard that raised leaves no entry, which the caller's asserts catch
+        out[s.shard] = jobs.produce(pipeline, url=url, symbols=s.symbols, max_seconds=seconds, shard=s.shard,
+                                    start_delay_s=s.start_delay_s, **CLIENT)  # fmt: skip
 
     threads = [threading.Thread(target=one, args=(s,), name=f"shard-{s.shard}") for s in plan]
     for t in threads:
@@ -52,7 +50,7 @@ def test_spaced_shards_all_connect_within_the_handshake_limit_unspaced_ones_trip
     with feed(synthetic_symbols=len(SYMBOLS), rate=200, packets_per_message=2, handshake_limit=LIMIT) as server:
         summaries = run_shards(server.url, topic, kafka_bootstrap, plan, seconds=7.0)
         refused = server.stats.refused_rate_limited
-    assert all(isinstance(s, dict) for s in summaries.values()), summaries
+    assert sorted(summaries) == ["0", "1", "2", "3"]  # every shard returned its summary
     rejected = {k: s["errors"].get("handshake_429", 0) for k, s in summaries.items()}
     if spacing:
         assert refused == 0 and set(rejected.values()) == {0}
@@ -75,7 +73,7 @@ def test_a_failing_shard_and_a_retrying_shard_do_not_stop_a_healthy_one(make_top
         try:
             results[name] = jobs.produce(pipeline, url=url, symbols=symbols, max_seconds=seconds, shard=name,
                                          **FAST_CLIENT)  # fmt: skip
-        except Exception as exc:  # recorded for the test to assert on
+        except ConfigError as exc:  # recorded for the test to assert on
             results[name] = exc
         finished[name] = time.monotonic()
 
@@ -106,3 +104,27 @@ def test_a_failing_shard_and_a_retrying_shard_do_not_stop_a_healthy_one(make_top
     assert len(records) == ok["quotes"] > 100
     for symbol, seen in volumes_by_symbol(records).items():
         assert seen == [float(i) for i in range(1, len(seen) + 1)], symbol  # nothing lost or doubled
+
+
+def test_the_produce_command_runs_one_shard_late_and_records_into_the_shards_own_file(make_topic, kafka_bootstrap,
+                                                                                       tmp_path):  # fmt: skip
+    import json
+    import subprocess
+    import sys
+
+    topic = make_topic(1, LOG_APPEND)
+    record = tmp_path / "frames.jsonl"
+    with feed(synthetic_symbols=4, rate=200, packets_per_message=2) as server:
+        argv = [sys.executable, "-m", "quoteflow", "--log-level", "WARNING", "produce", "--url", server.url,
+                "--symbols", ",".join(synthetic_universe(4)[2:]), "--topic", topic, "--bootstrap", kafka_bootstrap,
+                "--max-seconds", "6", "--shard", "1", "--start-delay", "2", "--record", str(record)]  # fmt: skip
+        launched = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        connected_after = server.stats.connect_times[0] - launched
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["shard"] == "1" and summary["symbols"] == 2 and summary["quotes"] > 10
+    assert connected_after >= 2.0  # it waited its start delay before connecting
+    assert summary["seconds"] < 5.0  # ... and the delay came out of its 6 s budget
+    assert not record.exists()  # the shard's own file, never the shared name
+    lines = (tmp_path / "frames.shard-1.jsonl").read_text().splitlines()
+    assert any('"quote_add_symbols"' in json.loads(line)["raw"] for line in lines)
