@@ -11,6 +11,8 @@ fails if holes remain: after the repair, or, with `repair` off, the holes found 
 The bars and gaps topics are checked too: their documents are rewritten by later records (one per bar,
 one per gap), so their retained records are read and each document must hold its newest record's
 offset (one `mget` per thousand ids); a missing or older document is a hole, repaired the same way.
+Reading them is the cost, so only the records of the last `recent_hours` (default 3) are read; each
+hourly run overlaps the previous one.
 
 **Cross-check** (`cross_check_hours`, default 2): for every closed minute (or seconds) bar of that span
 with ticks in it, every tick price must lie within `[low, high]` and the last tick must equal the
@@ -46,6 +48,13 @@ from quoteflow.settings import BARS_INDEX_PREFIX, BARS_TOPIC, GAPS_INDEX_PREFIX,
             enum=["committed", "high"],
             title="Check up to",
             description="'committed': the last completed window; 'high': the log end (may race live runs).",
+        ),
+        "recent_hours": Param(
+            3,
+            type="number",
+            minimum=0,
+            title="Bars and gaps span (hours)",
+            description="Check the bars and gaps records of this many past hours (0: the whole retained log).",
         ),
         "cross_check_hours": Param(
             2,
@@ -102,6 +111,7 @@ def quotes_reconcile():
                 repair=bool(params["repair"]),
                 until=params["until"],
                 cross_check_hours=float(params["cross_check_hours"]),
+                recent_hours=float(params["recent_hours"]),
             )
         if not result["ok"]:
             # A repair may succeed on a retry; a report of holes without one will say the same again.

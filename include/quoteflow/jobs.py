@@ -288,19 +288,32 @@ def backfill(
 
 
 def reconcile(
-    p: Pipeline, *, repair: bool = False, until: str = "committed", cross_check_hours: float = 2.0
+    p: Pipeline,
+    *,
+    repair: bool = False,
+    until: str = "committed",
+    cross_check_hours: float = 2.0,
+    recent_hours: float = 3.0,
 ) -> dict[str, Any]:
     """Compare Kafka with Elasticsearch for every stream (and repair the holes); ``ok``: no hole remains in any.
 
     Without ``repair`` the holes found are what remains; with it, what the check after the repair found.
     ``cross_check`` (ticks against the closed bars of the last ``cross_check_hours``) is a quality
-    figure beside the verdict, not part of it.
+    figure beside the verdict, not part of it. Bars and gaps are checked over the records of the last
+    ``recent_hours`` (0: all retained; reading them is the cost), quotes always over the whole log.
     """
     from quoteflow.reconcile import reconcile as run_reconcile
 
     with p.elasticsearch() as es:
         result = run_reconcile(
-            p.kafka, es, p.names, repair=repair, until=until, retry=p.retry, cross_check_hours=cross_check_hours
+            p.kafka,
+            es,
+            p.names,
+            repair=repair,
+            until=until,
+            retry=p.retry,
+            cross_check_hours=cross_check_hours,
+            recent_hours=recent_hours,
         )
     remaining = sum(int(s.get("missing_after_repair", s["missing"])) for s in result["streams"].values())
     return {**result, "remaining": remaining, "ok": remaining == 0}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from quoteflow.elastic.documents import bar_document_id, month_index_name
 from quoteflow.indexer import index_ranges
 from quoteflow.kafka import clients
 from quoteflow.kafka.dlq import dead_lettered_by_topic
-from quoteflow.kafka.reader import PartitionRange, read_ranges, topic_partitions, watermarks
+from quoteflow.kafka.reader import PartitionRange, offsets_at, read_ranges, topic_partitions, watermarks
 from quoteflow.quotes import InvalidQuote
 from quoteflow.settings import ConfigError
 from quoteflow.streams import Kind, Names, Stream
@@ -168,8 +169,10 @@ def _merge(flat: list[int]) -> list[list[int]]:
     return merged
 
 
-def _bounds(consumer: Any, stream: Stream, until: str, partitions: Sequence[int] | None) -> dict[int, tuple[int, int]]:
-    """Per partition of ``stream``'s topic, ``(low, upper)``: the offsets reconcile checks."""
+def _bounds(
+    consumer: Any, stream: Stream, until: str, partitions: Sequence[int] | None, since_ms: int | None = None
+) -> dict[int, tuple[int, int]]:
+    """Per partition of ``stream``'s topic, ``(low, upper)``: the offsets reconcile checks (from ``since_ms``)."""
     from confluent_kafka import TopicPartition
 
     topic = stream.topic
@@ -177,10 +180,12 @@ def _bounds(consumer: Any, stream: Stream, until: str, partitions: Sequence[int]
     committed = {
         tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in parts], timeout=15.0)
     }
+    firsts = offsets_at(consumer, topic, parts, since_ms) if since_ms is not None else {}
     bounds = {}
     for p in parts:
         low, high = watermarks(consumer, topic, p)
-        bounds[p] = (low, high if until == "high" else min(high, max(low, committed.get(p, -1))))
+        upper = high if until == "high" else min(high, max(low, committed.get(p, -1)))
+        bounds[p] = (min(upper, max(low, firsts.get(p, low))), upper)
     return bounds
 
 
@@ -192,15 +197,23 @@ def compare(
     until: str = "committed",
     partitions: Sequence[int] | None = None,
     stream: Kind | str = Kind.QUOTES,
+    recent_hours: float = 0.0,
     **legacy: str,
 ) -> list[PartitionReport]:
-    """Per partition of ``stream``, what Kafka holds versus what Elasticsearch (plus the DLQ) holds, with the holes."""
+    """Per partition of ``stream``, what Kafka holds versus what Elasticsearch (plus the DLQ) holds, with the holes.
+
+    For bars and gaps, ``recent_hours`` > 0 reads only the records appended in that many past hours
+    (each run re-reads them; the quotes' histograms are cheap and always cover the whole log).
+    """
     if until not in UNTIL:
         raise ConfigError(f"reconcile 'until' must be one of {UNTIL}, got {until!r}")
     names = Names.resolve(names, legacy)
     chosen = names.only(stream).streams[0]
     with clients.consumer(kafka_config, names.group_id) as consumer:
-        bounds = _bounds(consumer, chosen, until, partitions)
+        since_ms = None
+        if chosen.kind is not Kind.QUOTES and recent_hours > 0:
+            since_ms = int((time.time() - recent_hours * 3600) * 1000)
+        bounds = _bounds(consumer, chosen, until, partitions, since_ms)
         dead = dead_lettered_by_topic(consumer, names.dlq_topic).get(chosen.topic, {})
         if chosen.kind is not Kind.QUOTES:
             return _compare_keyed(consumer, es, chosen, bounds, dead)
@@ -312,8 +325,9 @@ def _reconcile_stream(
     repair: bool,
     until: str,
     retry: RetryPolicy | None,
+    recent_hours: float,
 ) -> dict[str, Any]:
-    reports = compare(kafka_config, es, names, until=until, stream=stream.kind)
+    reports = compare(kafka_config, es, names, until=until, stream=stream.kind, recent_hours=recent_hours)
     topic = stream.topic
     holes = [PartitionRange(topic, r.partition, a, b) for r in reports for a, b in r.holes]
     missing = sum(h.size for h in holes)
@@ -342,7 +356,13 @@ def _reconcile_stream(
         )
         out["repaired"] = summary.indexed + summary.stale + summary.dead_lettered
         after = compare(
-            kafka_config, es, names, until=until, partitions=[r.partition for r in reports], stream=stream.kind
+            kafka_config,
+            es,
+            names,
+            until=until,
+            partitions=[r.partition for r in reports],
+            stream=stream.kind,
+            recent_hours=recent_hours,
         )
         out["missing_after_repair"] = sum(r.missing for r in after)
     logger.info(
@@ -365,9 +385,13 @@ def reconcile(
     until: str = "committed",
     retry: RetryPolicy | None = None,
     cross_check_hours: float = 0.0,
+    recent_hours: float = 0.0,
     **legacy: str,
 ) -> dict[str, Any]:
     """Find the holes of every stream; with ``repair``, re-index them and check again. A JSON-able summary.
+
+    Bars and gaps are checked by reading their records: ``recent_hours`` > 0 limits that to the records
+    appended in that many past hours (0: the whole retained log).
 
     The quotes stream's report is the top level (as before bars existed); ``streams`` holds each
     stream's report by kind; ``cross_check`` (with a bars stream and ``cross_check_hours`` > 0) the
@@ -380,7 +404,9 @@ def reconcile(
     names = Names.resolve(names, legacy)
     existing = set(check_topics(kafka_config, {s.topic: s.required for s in names.streams}))
     reports = {
-        stream.kind.value: _reconcile_stream(kafka_config, es, names, stream, repair=repair, until=until, retry=retry)
+        stream.kind.value: _reconcile_stream(
+            kafka_config, es, names, stream, repair=repair, until=until, retry=retry, recent_hours=recent_hours
+        )
         for stream in names.streams
         if stream.topic in existing
     }

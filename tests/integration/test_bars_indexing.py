@@ -258,6 +258,10 @@ def test_reconcile_counts_a_document_left_at_an_older_version_as_a_hole(env) -> 
     es.indices.delete(index=f"{env['prefix']['bars']}2026.12")
     jobs.backfill(pipe, mode="offsets", start=1, end=2, partitions=[0], stream="bars")
     assert es_sources(es, env["prefix"]["bars"])[sol]["kafka"]["offset"] == 1
+    # Only the records of the last recent_hours are read: a span that ends before them sees nothing.
+    time.sleep(1.5)
+    narrow = jobs.reconcile(pipe, repair=False, until="high", cross_check_hours=0, recent_hours=1 / 3600)
+    assert narrow["ok"] and narrow["streams"]["bars"]["partitions"][0]["expected"] == 0
     found = jobs.reconcile(pipe, repair=True, until="high", cross_check_hours=0)
     bars = found["streams"]["bars"]
     assert bars["missing"] == 1 and bars["holes"] == [{"topic": env["bars"], "partition": 0, "start": 3, "end": 4}]

@@ -19,6 +19,7 @@ from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_window
 from quoteflow.kafka.reader import RangeUnavailable
 from quoteflow.reconcile import find_holes
+from quoteflow.streams import Names
 from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
@@ -62,8 +63,10 @@ def loaded(kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix):
     return env
 
 
-def _kw(env) -> dict:
-    return {"topic": env["topic"], "dlq_topic": env["dlq"], "index_prefix": env["prefix"], "group_id": env["group"]}
+def _kw(env, **changes: str) -> dict:
+    """The names of the test's quotes stream, as the one value the indexer, backfill and reconcile take."""
+    names = {"topic": env["topic"], "index_prefix": env["prefix"], "dlq_topic": env["dlq"], "group_id": env["group"]}
+    return {"names": Names.quotes_only(**{**names, **changes})}
 
 
 def _cli(env, *args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import index_ranges, index_window, plan_window
 from quoteflow.kafka.admin import TopicConfigError, ensure_topic, quotes_topic_spec
 from quoteflow.kafka.reader import PartitionRange
+from quoteflow.streams import Names
 from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
@@ -45,8 +46,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _kw(env) -> dict:
-    return {"topic": env["topic"], "dlq_topic": env["dlq"], "index_prefix": env["prefix"], "group_id": env["group"]}
+def _kw(env, **changes: str) -> dict:
+    """The names of the test's quotes stream, as the one value the indexer, backfill and reconcile take."""
+    names = {"topic": env["topic"], "index_prefix": env["prefix"], "dlq_topic": env["dlq"], "group_id": env["group"]}
+    return {"names": Names.quotes_only(**{**names, **changes})}
 
 
 def test_windows_index_each_record_once_and_reruns_change_nothing(env) -> None:
@@ -134,7 +137,7 @@ def test_a_createtime_topic_is_refused_before_any_data_moves(env, make_topic, ka
     start = _now()
     produce(env["bootstrap"], topic, [quote_value(1)])
     with pytest.raises(TopicConfigError, match="LogAppendTime") as info:
-        index_window(env["cfg"], env["es"], start, _now(), **{**_kw(env), "topic": topic})
+        index_window(env["cfg"], env["es"], start, _now(), **_kw(env, topic=topic))
     assert "quotes_setup" in str(info.value) and topic in str(info.value)
     assert es_count(env["es"], env["prefix"]) == 0
     # quotes_setup's admin step fixes it, logs what changed, and is a no-op the second time.

@@ -21,6 +21,7 @@ from elasticsearch import Elasticsearch
 from quoteflow.elastic.bulk import ElasticsearchUnavailable, RetryPolicy
 from quoteflow.elastic.template import ensure_template
 from quoteflow.indexer import IndexSummary, index_ranges, index_window, plan_window
+from quoteflow.streams import Names
 from tests.helpers.indexing import (
     LOG_APPEND,
     committed,
@@ -52,8 +53,10 @@ def env(kafka_bootstrap, es_client, es_url, make_topic, fresh_index_prefix):
     }
 
 
-def _kw(env) -> dict:
-    return {"topic": env["topic"], "dlq_topic": env["dlq"], "index_prefix": env["prefix"], "group_id": env["group"]}
+def _kw(env, **changes: str) -> dict:
+    """The names of the test's quotes stream, as the one value the indexer, backfill and reconcile take."""
+    names = {"topic": env["topic"], "index_prefix": env["prefix"], "dlq_topic": env["dlq"], "group_id": env["group"]}
+    return {"names": Names.quotes_only(**{**names, **changes})}
 
 
 def _cli(env, start: datetime, end: datetime) -> list[str]:

@@ -16,6 +16,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repair", action="store_true")
     p.add_argument("--until", choices=("committed", "high"), default="committed")
     p.add_argument(
+        "--recent-hours", type=float, default=3.0, help="bars and gaps: check the records of this span (0: all)"
+    )
+    p.add_argument(
         "--cross-check-hours", type=float, default=2.0, help="ticks against the closed bars of this span (0: off)"
     )
     p.set_defaults(func=reported("reconcile", run))
@@ -24,7 +27,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the report; exit 1 if holes remain (the job's verdict)."""
     result = jobs.reconcile(
-        pipeline(args), repair=args.repair, until=args.until, cross_check_hours=args.cross_check_hours
+        pipeline(args),
+        repair=args.repair,
+        until=args.until,
+        cross_check_hours=args.cross_check_hours,
+        recent_hours=args.recent_hours,
     )
     print_line({"command": "reconcile", **result})
     return 0 if result["ok"] else 1
