@@ -115,17 +115,15 @@ def setup_topics(p: Pipeline, settings: TopicSettings) -> dict[str, dict[str, An
 
 
 def setup_template(p: Pipeline) -> str:
-    """Create or update the ``quotes``, ``bars`` and ``gaps`` index templates; ``unchanged`` when none changed.
+    """Create or update the ``quotes``, ``bars`` and ``gaps`` index templates (each logged).
 
-    Otherwise what was done to each, e.g. ``quotes unchanged, bars created, gaps created``.
+    ``created`` if any was created, else ``updated`` if any was updated, else ``unchanged``.
     """
     from quoteflow.elastic.template import ensure_templates
 
     with p.elasticsearch() as es:
-        done = ensure_templates(es)
-    if all(outcome == "unchanged" for outcome in done.values()):
-        return "unchanged"
-    return ", ".join(f"{name} {outcome}" for name, outcome in done.items())
+        done = set(ensure_templates(es).values())
+    return next((outcome for outcome in ("created", "updated") if outcome in done), "unchanged")
 
 
 def setup_kibana(kibana: ConnectionInfo | None, timeout_s: float) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def test_setup_twice_second_run_changes_nothing(kafka_admin, es_client) -> None:
         for name, partitions in ((bars, 2), (gaps, 1)):
             assert describe_topic_config(kafka_admin, name)["message.timestamp.type"] == "LogAppendTime"
             assert len(kafka_admin.list_topics(topic=name, timeout=10).topics[name].partitions) == partitions
-        assert isinstance(got["es_template"][0], str)
+        assert got["es_template"][0] in ("created", "updated", "unchanged")
         assert got["kibana_objects"][0] == {"skipped": True, "changed": False}
         config = describe_topic_config(kafka_admin, topic)
         assert config["message.timestamp.type"] == "LogAppendTime" and config["retention.ms"] == str(5 * 3600 * 1000)
