@@ -142,6 +142,25 @@ def check_candles(frame: Any, es: Elasticsearch, seeded: SeededBars, screenshot:
     return {"candles_1m": len(one_minute), "candles_5m": len(five)}
 
 
+def check_shards(frame: Any, pipeline: Any) -> int:
+    """The health section has one row per ``produce_quotes`` task instance of the producer run it names."""
+    import urllib.parse
+
+    body = frame.locator("#shards-body")
+
+    def shown() -> tuple[str, int] | None:
+        run_id, count = body.evaluate("el => [el.dataset.runId || '', Number(el.dataset.count || 0)]")
+        return (run_id, count) if run_id and count else None
+
+    run_id, count = wait_until("producer shards in the health section", shown, 120, interval=1)
+    run = urllib.parse.quote(run_id, safe="")
+    tis = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run}/taskInstances")["task_instances"]
+    shards = [ti for ti in tis if ti["task_id"] == "produce_quotes"]
+    assert count == len(shards) >= 1, (count, [(t["task_id"], t["map_index"], t["state"]) for t in tis])
+    assert body.locator("tr").count() == count
+    return count
+
+
 @pytest.fixture
 def seeded(es_url: str) -> Iterator[SeededBars]:
     es = Elasticsearch(es_url, request_timeout=30)
@@ -187,6 +206,7 @@ def test_quotes_view_draws_candles_switches_resolution_and_marks_gaps(pipeline, 
                 page.screenshot(path=str(ARTIFACTS / f"live-view-candles-{label}.png"))
 
             counts = check_candles(frame, es, seeded, screenshot)
+            counts["shards"] = check_shards(frame, pipeline)
         finally:
             browser.close()
             es.close()
