@@ -203,6 +203,24 @@ def test_bad_bars_and_gaps_are_dead_lettered_with_their_origin_and_reason(env) -
     assert len(dead_letters(env["bootstrap"], env["dlq"])) == 7
     assert set(es_sources(es, env["prefix"]["gaps"])) == {orjson.loads(gap)["gap_id"]}
 
+    # Replay sends each letter back to its own topic (the DLQ is shared), never bars into the quotes.
+    replayed = jobs.dlq_replay(env["pipe"])
+    assert replayed["replayed"] == 7
+    assert _high(env, env["bars"], 0) + _high(env, env["bars"], 1) == len(bars) + 5
+    assert _high(env, env["gaps"], 0) == len(gaps) + 2
+    assert _high(env, env["quotes"], 0) == _high(env, env["quotes"], 1) == 0
+
+
+def _high(env, topic: str, partition: int) -> int:
+    from quoteflow.kafka.clients import make_consumer
+    from quoteflow.kafka.reader import watermarks
+
+    consumer = make_consumer(env["cfg"], "test-watermarks")
+    try:
+        return watermarks(consumer, topic, partition)[1]
+    finally:
+        consumer.close()
+
 
 def test_windows_tile_all_three_topics_and_reconcile_repairs_bar_and_gap_holes(env) -> None:
     es, pipe = env["es"], env["pipe"]
