@@ -19,9 +19,10 @@ the next continuous run starts every shard again, the failed one included.
 Inside the run the client echoes heartbeats, merges partial `qsd` updates into per-symbol
 snapshots and produces a Quote (key = symbol, header `schema: quote.v1`) only when one changed;
 dead links are caught by a 30 s watchdog and re-established with capped, jittered backoff. A
-stats line is logged every 30 s (quotes/s, reconnects, last-tick age per symbol); the run's
-summary (quotes delivered, packets, heartbeats, reconnects, malformed packets, errors by kind) is
-returned to XCom.
+stats line is logged every 30 s (quotes/s, reconnects, last-tick age per symbol) and its figures
+are pushed to XCom `stats` (the live view's per-shard health); the shard's summary (quotes
+delivered, packets, heartbeats, reconnects, malformed packets, errors by kind) is returned to
+XCom. Both carry `shard` and `symbols`.
 
 **Stopping.** Marking the task failed, clearing it, or stopping the worker sends SIGTERM, on which
 Airflow calls `on_kill` only: it sets the stop flag, and the loop flushes Kafka and returns
