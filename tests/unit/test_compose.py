@@ -328,7 +328,8 @@ def test_connections_parse_as_airflow_connections(services: dict[str, Any], fill
     for name in AIRFLOW_SERVICES:
         env = environment(services[name])
         conns = {k.removeprefix("AIRFLOW_CONN_").lower(): v for k, v in env.items() if k.startswith("AIRFLOW_CONN_")}
-        assert set(conns) == {"kafka_default", "elasticsearch_default", "kibana_default", "tradingview_default"}, name
+        expected = {"kafka_default", "elasticsearch_default", "kibana_default", "tradingview_default"}
+        assert set(conns) == expected | {"airflow_metadata_db"}, name
         parsed = {cid: Connection.from_json(v, conn_id=cid) for cid, v in conns.items() if v}
 
         kafka = parsed["kafka_default"]
@@ -345,6 +346,15 @@ def test_connections_parse_as_airflow_connections(services: dict[str, Any], fill
         assert (kibana.conn_type, kibana.host, kibana.port, kibana.schema) == ("http", "kibana", 5601, "http")
         assert (kibana.login, kibana.password) == ("elastic", filled_env["ELASTIC_PASSWORD"])
         assert "tradingview_default" not in parsed, "an empty AIRFLOW_CONN_TRADINGVIEW_DEFAULT stays undefined"
+        # quotes_maintenance's db clean reaches the same database as Airflow itself.
+        meta = parsed["airflow_metadata_db"]
+        assert (meta.conn_type, meta.host, meta.port, meta.schema) == (
+            "postgresql+psycopg2",
+            "postgres",
+            5432,
+            "airflow",
+        )
+        assert (meta.login, meta.password) == ("airflow", filled_env["POSTGRES_PASSWORD"])
 
         # The library reads the same JSON and builds clients for the containers' addresses.
         assert kafka_config(connection_from_env("kafka_default", env).extra)["bootstrap.servers"] == "kafka:19092"
