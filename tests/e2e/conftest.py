@@ -14,7 +14,8 @@ import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,69 @@ def make_stop_leaves_nothing(env: dict[str, str], watch: RunProcesses) -> None:
     assert not leftovers, "make stop left processes running:\n" + "\n".join(leftovers) + f"\n{stop.stdout}"
 
 
+@contextmanager
+def make_run(
+    kafka_bootstrap: str,
+    es_url: str,
+    run_dir: Path,
+    env: dict[str, str],
+    alongside: Callable[[], AbstractContextManager[object]] | None = None,
+) -> Iterator[Pipeline]:
+    """`make run SOURCE=replay` with ``env`` in ``run_dir``; `make stop` afterwards, which must leave nothing running.
+
+    ``alongside`` (e.g. the Celery workers of tests/e2e/test_celery_workers.py) is entered as soon as
+    `make run` is launched, because its start-up may need it, and exited before `make stop`.
+    """
+    watch = RunProcesses(run_dir)
+    start_offsets = _end_offsets(kafka_bootstrap, QUOTES_TOPIC)
+    with ExitStack() as companions:
+        started = time.time()
+        proc = subprocess.Popen(
+            ["make", "run", "SOURCE=replay"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            if alongside is not None:
+                companions.enter_context(alongside())
+            stdout, stderr = proc.communicate(timeout=START_TIMEOUT + 120)
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            companions.close()
+            make_stop_leaves_nothing(env, watch)
+            raise
+        start_seconds = time.time() - started
+        print(stdout[-3000:])
+        pipe = Pipeline(
+            airflow_url=f"http://127.0.0.1:{env['QUOTEFLOW_AIRFLOW_PORT']}",
+            username="admin",
+            password=(run_dir / "admin-password").read_text().strip() if (run_dir / "admin-password").exists() else "",
+            es_url=es_url,
+            kafka_bootstrap=kafka_bootstrap,
+            topic=QUOTES_TOPIC,
+            state_dir=run_dir,
+            env=env,
+            start_offsets=start_offsets,
+            started_at=started,
+            start_seconds=start_seconds,
+            run_output=stdout,
+        )
+        try:
+            if proc.returncode != 0:
+                pytest.fail(
+                    f"make run SOURCE=replay failed ({proc.returncode}):\n{stdout}\n{stderr}\n" + log_tails(run_dir)
+                )
+            watch.remember()
+            yield pipe
+        finally:
+            companions.close()
+            make_stop_leaves_nothing(env, watch)
+
+
 @pytest.fixture(scope="package")  # torn down after the last e2e test, before the other tiers run
 def pipeline(kafka_bootstrap: str, es_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """`make run SOURCE=replay` in a fresh run folder; `make stop` afterwards, which must leave nothing running."""
@@ -120,35 +184,5 @@ def pipeline(kafka_bootstrap: str, es_url: str, tmp_path_factory: pytest.TempPat
         os.environ.get("QUOTEFLOW_E2E_FEED_PORT", "28765"),
         os.environ.get("QUOTEFLOW_E2E_HEALTH_PORT", "28974"),
     )
-    watch = RunProcesses(run_dir)
-    start_offsets = _end_offsets(kafka_bootstrap, QUOTES_TOPIC)
-    started = time.time()
-    proc = subprocess.run(
-        ["make", "run", "SOURCE=replay"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=START_TIMEOUT + 120
-    )
-    start_seconds = time.time() - started
-    print(proc.stdout[-3000:])
-    pipe = Pipeline(
-        airflow_url=f"http://127.0.0.1:{env['QUOTEFLOW_AIRFLOW_PORT']}",
-        username="admin",
-        password=(run_dir / "admin-password").read_text().strip() if (run_dir / "admin-password").exists() else "",
-        es_url=es_url,
-        kafka_bootstrap=kafka_bootstrap,
-        topic=QUOTES_TOPIC,
-        state_dir=run_dir,
-        env=env,
-        start_offsets=start_offsets,
-        started_at=started,
-        start_seconds=start_seconds,
-        run_output=proc.stdout,
-    )
-    try:
-        if proc.returncode != 0:
-            pytest.fail(
-                f"make run SOURCE=replay failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
-                + log_tails(run_dir)
-            )
-        watch.remember()
+    with make_run(kafka_bootstrap, es_url, run_dir, env) as pipe:
         yield pipe
-    finally:
-        make_stop_leaves_nothing(env, watch)
