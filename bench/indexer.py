@@ -51,8 +51,8 @@ except ImportError:  # the code before the reader was named so (bench/_ab.py aga
     from quoteflow.kafka.ranges import PartitionRange, read_ranges, watermarks  # type: ignore[no-redef]
 from quoteflow.quotes import SCHEMA_HEADER, Quote, format_timestamp  # noqa: E402
 
-BOOTSTRAP = "127.0.0.1:9092"
-ES_URL = "http://127.0.0.1:9200"
+BOOTSTRAP = f"127.0.0.1:{os.environ.get('QUOTEFLOW_KAFKA_PORT', '9092')}"
+ES_URL = f"http://127.0.0.1:{os.environ.get('QUOTEFLOW_ES_PORT', '9200')}"
 PARTITIONS = 3
 IN_FLIGHT = 2
 SYMBOLS = [f"BINANCE:C{i:03d}USDT" for i in range(50)]

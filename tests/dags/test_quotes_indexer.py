@@ -57,21 +57,22 @@ def _import_errors(**env: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dag():
-    """The default layout: one task per window."""
-    return _parse()
+    """One task per window (the default layout), 30 s windows: the windows these tests tile."""
+    return _parse(QUOTEFLOW_WINDOW_SECONDS="30")
 
 
 @pytest.fixture(scope="module")
 def mapped_dag():
-    return _parse(QUOTEFLOW_PARTITION_GROUPS="2")
+    return _parse(QUOTEFLOW_WINDOW_SECONDS="30", QUOTEFLOW_PARTITION_GROUPS="2")
 
 
-def test_default_shape_is_one_task_per_30_s_window(dag) -> None:
-    assert dag.catchup is True and dag.max_active_runs == 1
-    assert dag.timetable.__class__.__name__ == "DeltaDataIntervalTimetable"
-    assert dag.timetable.delta == timedelta(seconds=30)
-    assert [t.task_id for t in dag.topological_sort()] == ["index_window"]
-    assert dag.params["partition_groups"] == 1
+def test_default_shape_is_one_task_per_10_s_window() -> None:
+    default = _parse()
+    assert default.catchup is True and default.max_active_runs == 1
+    assert default.timetable.__class__.__name__ == "DeltaDataIntervalTimetable"
+    assert default.timetable.delta == timedelta(seconds=10)
+    assert [t.task_id for t in default.topological_sort()] == ["index_window"]
+    assert default.params["partition_groups"] == 1
 
 
 def test_mapped_shape_when_several_partition_groups(mapped_dag) -> None:
