@@ -47,7 +47,7 @@ from _shared.params import topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import BaseOperator, Param, dag, task
 
-from quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
+from quoteflow.settings import BARS_TOPIC, GAPS_TOPIC, KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
 from quoteflow.shards import DEFAULT_CONNECT_SPACING_S, DEFAULT_SHARD_SIZE, MAX_CONNECT_SPACING_S, MAX_SHARD_SIZE
 
 
@@ -97,6 +97,9 @@ class QuotesProducerOperator(BaseOperator):
                 start_delay_s=float(shard.get("start_delay_s", 0.0)),
                 tradingview=connection_info(self.tradingview_conn_id, required=False),
                 max_seconds=float(params["max_runtime_minutes"]) * 60.0,
+                bar_resolutions=params.get("bar_resolutions", []),
+                bar_symbols=_bar_symbols(params.get("bar_symbols"), shard.get("symbols", params["symbols"])),
+                history_bars=int(params.get("history_bars", 300)),
                 stats_interval=self.stats_interval_s,
                 flush_timeout=self.flush_timeout_s,
                 stop=self._stop,
@@ -116,6 +119,13 @@ class QuotesProducerOperator(BaseOperator):
             self._stop = threading.Event()
         self._stop.set()
         self.log.info("stop requested: flushing Kafka and closing the websocket")
+
+
+def _bar_symbols(wanted: list[str] | None, symbols: list[str]) -> list[str] | None:
+    """The bar symbols of this shard: all of them when ``wanted`` is empty, else those of ``wanted`` it streams."""
+    if not wanted:
+        return None
+    return [s for s in symbols if s in set(wanted)]
 
 
 @dag(
@@ -172,6 +182,43 @@ class QuotesProducerOperator(BaseOperator):
                 "Shard k opens its websocket k times this long (plus up to half of it as jitter) after its "
                 "task starts, so N shards do not trip TradingView's handshake rate limit (HTTP 429)."
             ),
+        ),
+        "bar_resolutions": Param(
+            ["1"],
+            type="array",
+            items={"type": "string", "pattern": "^([0-9]{1,4}[SDWM]?|[DWM])$"},
+            title="Bar resolutions",
+            description=(
+                "Chart sessions per symbol at these resolutions (1 = one-minute bars, 5, 60, 1D ...): Bar records "
+                "to bars.tradingview, feed gaps to gaps.tradingview. Empty = bars off (quotes only)."
+            ),
+        ),
+        "history_bars": Param(
+            300,
+            type="integer",
+            minimum=1,
+            maximum=10_000,
+            title="History bars on every connect",
+            description="Bars asked for on every (re)connect, so the chart is full at once; more after a long gap.",
+        ),
+        "bars_topic": Param(
+            BARS_TOPIC,
+            type="string",
+            title="Bars topic",
+            description="Kafka topic of the Bar records (key = symbol|resolution); empty = bars off.",
+        ),
+        "gaps_topic": Param(
+            GAPS_TOPIC,
+            type="string",
+            title="Gaps topic",
+            description="Kafka topic of the feed-gap events (disconnect, stall, handover); empty = not written.",
+        ),
+        "bar_symbols": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Bar symbols",
+            description="Stream bars for these of the symbols only; empty = every symbol.",
         ),
         "url": Param(
             "wss://data.tradingview.com/socket.io/websocket",

@@ -21,6 +21,8 @@ from quoteflow.settings import (
     BARS_INDEX_PREFIX,
     BARS_TOPIC,
     CONSUMER_GROUP,
+    DEFAULT_HISTORY_BARS,
+    DEFAULT_RESOLUTION,
     DLQ_TOPIC,
     GAPS_INDEX_PREFIX,
     GAPS_TOPIC,
@@ -162,9 +164,15 @@ def produce(
     shard: str | None = None,
     start_delay_s: float = 0.0,
     on_stats: Callable[[dict[str, Any]], None] | None = None,
+    bar_resolutions: Sequence[str] = (),
+    bar_symbols: Sequence[str] | None = None,
+    history_bars: int = DEFAULT_HISTORY_BARS,
     **client_overrides: Any,
 ) -> dict[str, Any]:
     """Stream quotes from ``url`` into the quotes topic until ``stop`` or ``max_seconds``; the run's summary.
+
+    With ``bar_resolutions`` (e.g. ``["1"]``), also the bars of ``bar_symbols`` (default: all) to the bars
+    topic, ``history_bars`` of history on every connect, and every feed gap to the gaps topic, filled.
 
     A default ``url`` (TradingView's) gives way to the ``tradingview`` connection's host, if it has one.
     ``shard`` names this connection's share of the symbols (stats, summary, its own ``record_path``);
@@ -177,14 +185,19 @@ def produce(
     import time
 
     from quoteflow import shards
-    from quoteflow.stream import ProducerRun, client_config, feed_url, run_producer
+    from quoteflow.stream import ProducerRun, client_config, feed_url, run_producer, with_bars
 
     if start_delay_s < 0 or (max_seconds is not None and start_delay_s >= max_seconds):
         raise ConfigError(f"start_delay_s must be >= 0 and below max_seconds, got {start_delay_s!r}")
     record = shards.record_path(record_path, shard)
     run = ProducerRun(
-        client=client_config(
-            feed_url(url, tradingview), list(symbols), tradingview, record_path=record, **client_overrides
+        client=with_bars(
+            client_config(
+                feed_url(url, tradingview), list(symbols), tradingview, record_path=record, **client_overrides
+            ),
+            bar_resolutions,
+            bar_symbols,
+            history_bars,
         ),
         kafka=p.kafka,
         topic=p.topic,
@@ -194,6 +207,8 @@ def produce(
         check_topic=check_topic,
         shard=shards.UNSHARDED if shard is None else shard,
         on_stats=on_stats,
+        bars_topic=p.bars_topic,
+        gaps_topic=p.gaps_topic,
     )
     stop = stop or threading.Event()
     if start_delay_s > 0:
@@ -203,6 +218,40 @@ def produce(
         if max_seconds is not None:
             remaining = max(0.001, max_seconds - (time.monotonic() - waited_from))
             run = dataclasses.replace(run, max_seconds=remaining)
+    return run_producer(run, stop)
+
+
+def bars(
+    p: Pipeline,
+    *,
+    url: str,
+    symbols: Sequence[str],
+    resolutions: Sequence[str] = (DEFAULT_RESOLUTION,),
+    count: int = DEFAULT_HISTORY_BARS,
+    bar_range: str = "",
+    tradingview: ConnectionInfo | None = None,
+    max_seconds: float = 120.0,
+    check_topic: bool = True,
+    stop: threading.Event | None = None,
+    **client_overrides: Any,
+) -> dict[str, Any]:
+    """A history-only fetch: ``count`` bars (or ``bar_range``, ``r,<from>:<to>``) of each symbol and resolution.
+
+    No quote session; ends once every series' history is complete (``stopped_by: history_complete``) or
+    after ``max_seconds``. Bars go to the bars topic with ``origin: history``.
+    """
+    from quoteflow.stream import ProducerRun, client_config, feed_url, run_producer, with_bars
+
+    config = client_config(feed_url(url, tradingview), list(symbols), tradingview, **client_overrides)
+    run = ProducerRun(
+        client=with_bars(config, resolutions, None, count, bar_range=bar_range, quotes=False),
+        kafka=p.kafka,
+        topic=p.topic,
+        max_seconds=max_seconds,
+        check_topic=check_topic,
+        bars_topic=p.bars_topic,
+        handover=False,
+    )
     return run_producer(run, stop)
 
 

@@ -9,7 +9,10 @@ from typing import Any
 from quoteflow import jobs
 from quoteflow.cli.common import kafka_from_env, stop_on_signals
 from quoteflow.settings import (
+    BARS_TOPIC,
+    DEFAULT_HISTORY_BARS,
     DEFAULT_SYMBOLS,
+    GAPS_TOPIC,
     KAFKA_CONN_ID,
     QUOTES_TOPIC,
     TRADINGVIEW_CONN_ID,
@@ -39,6 +42,18 @@ def register(subparsers: Any) -> None:
     produce.add_argument("--skip-topic-check", action="store_true", help="do not require an existing topic")
     produce.add_argument("--shard", help="this connection's shard id (stats, summary, a --record file of its own)")
     produce.add_argument("--start-delay", type=float, default=0.0, metavar="S", help="wait S seconds, then connect")
+    produce.add_argument(
+        "--bar-resolution",
+        action="append",
+        metavar="RES",
+        help="also stream bars at this resolution (1, 5, 60, 1D ...; repeatable; default none = bars off)",
+    )
+    produce.add_argument("--bar-symbols", help="symbols to stream bars for (default: all of --symbols)")
+    produce.add_argument(
+        "--history-bars", type=int, default=DEFAULT_HISTORY_BARS, help="bars of history on every connect"
+    )
+    produce.add_argument("--bars-topic", default=BARS_TOPIC)
+    produce.add_argument("--gaps-topic", default=GAPS_TOPIC)
     produce.set_defaults(func=run)
 
 
@@ -52,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         kafka = kafka_from_env(KAFKA_CONN_ID, " (or pass --bootstrap HOST:PORT)")
     try:
         summary = jobs.produce(
-            jobs.Pipeline(kafka=kafka, topic=args.topic),
+            jobs.Pipeline(kafka=kafka, topic=args.topic, bars_topic=args.bars_topic, gaps_topic=args.gaps_topic),
             url=args.url,
             symbols=split_symbol_list(args.symbols),
             tradingview=connection_from_env(TRADINGVIEW_CONN_ID),
@@ -63,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
             stop=stop_on_signals(),
             shard=args.shard,
             start_delay_s=args.start_delay,
+            bar_resolutions=args.bar_resolution or (),
+            bar_symbols=split_symbol_list(args.bar_symbols) if args.bar_symbols else None,
+            history_bars=args.history_bars,
             watchdog_timeout=args.watchdog_timeout,
             backoff_initial=args.backoff_initial,
             backoff_cap=args.backoff_cap,
