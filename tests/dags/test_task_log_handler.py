@@ -42,7 +42,7 @@ with warnings.catch_warnings(record=True) as caught:
         "io": type(io).__name__,
         "same": io is quoteflow_logging.REMOTE_TASK_LOG and get_remote_task_log() is io,
         "target_index": io.target_index, "write_to_es": io.write_to_es, "json_format": io.json_format,
-        "task_handler": type(logging.getLogger("airflow.task").handlers[0]).__name__,
+        "task_handler": [c.__name__ for c in type(logging.getLogger("airflow.task").handlers[0]).__mro__[:2]],
         "warnings": [str(w.message) for w in caught if "REMOTE_TASK_LOG" in str(w.message)],
     }))
 """
@@ -67,7 +67,7 @@ def test_airflow_resolves_the_providers_handler_from_our_module(es_url: str) -> 
         "target_index": "airflow-logs",
         "write_to_es": True,
         "json_format": True,
-        "task_handler": "ElasticsearchTaskHandler",
+        "task_handler": ["QuoteflowElasticsearchTaskHandler", "ElasticsearchTaskHandler"],  # the provider's, subclassed
         "warnings": [],
     }
 
@@ -139,3 +139,66 @@ def test_an_unreachable_elasticsearch_keeps_the_local_log(
 
     assert log_file.read_text().startswith('{"event": "kept"')
     assert "Unable to insert logs into Elasticsearch" in capsys.readouterr().out  # Airflow's structlog output
+
+
+LOGIN_FROM_CONNECTION = """
+import json, logging.config, sys
+from types import SimpleNamespace
+import airflow
+import quoteflow_logging
+logging.config.dictConfig(quoteflow_logging.LOGGING_CONFIG)
+handler = logging.getLogger("airflow.task").handlers[0]
+io = quoteflow_logging.REMOTE_TASK_LOG
+ti = SimpleNamespace(dag_id="quotes_indexer", task_id="index_window", run_id=sys.argv[1], map_index=-1, try_number=1)
+io.upload(sys.argv[2], ti)
+handler.client.indices.refresh(index=io.target_index)
+_, messages = io.read("", ti)
+print(json.dumps({
+    "events": [json.loads(m)["event"] for m in messages],
+    "reader_is_own_client": handler.io.client is handler.client,
+    "handler_counts": handler.client.count(index=io.target_index)["count"],
+}))
+"""
+
+
+def test_the_login_comes_from_the_connection_not_a_config_value(
+    proxy: TlsProxy, ca: CertificateAuthority, log_index: str, tmp_path: Path
+) -> None:
+    """Compose's way: ``[elasticsearch] host`` without credentials, the login only in ``elasticsearch_default``."""
+    connection = {"conn_type": "elasticsearch", "host": "127.0.0.1", "login": proxy.user, "password": proxy.password}
+    env = {
+        **REMOTE_ON,
+        "AIRFLOW__ELASTICSEARCH__HOST": f"https://127.0.0.1:{proxy.port}",
+        "AIRFLOW__ELASTICSEARCH_CONFIGS__CA_CERTS": str(ca.cert_path),
+        "AIRFLOW__ELASTICSEARCH__TARGET_INDEX": log_index,
+        "AIRFLOW__ELASTICSEARCH__INDEX_PATTERNS": log_index,
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path),
+        "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": json.dumps(connection),
+    }
+    log_file = tmp_path / "attempt=1.log"
+    log_file.write_text(
+        json.dumps({"timestamp": "2026-12-02T00:00:00.000000Z", "level": "info", "event": "one"}) + "\n"
+    )
+    before = len(proxy.access_lines())
+
+    code = LOGIN_FROM_CONNECTION
+    run = subprocess.run(
+        [sys.executable, "-c", code, f"manual__{uuid.uuid4().hex}", "attempt=1.log"],
+        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT / "config"), str(ROOT)])},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got == {"events": ["one"], "reader_is_own_client": True, "handler_counts": 1}
+    calls = proxy.access_lines()[before:]
+    assert any(" /_bulk " in line and line.endswith(" 200 login=basic") for line in calls), calls
+    assert not any(" 401 " in line for line in calls), calls
+    # Without the connection's login the same settings are refused by the node: the login came from there.
+    env.pop("AIRFLOW_CONN_ELASTICSEARCH_DEFAULT")
+    refused = subprocess.run(
+        [sys.executable, "-c", code, f"manual__{uuid.uuid4().hex}", "attempt=1.log"],
+        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT / "config"), str(ROOT)])},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 or json.loads(refused.stdout.strip().splitlines()[-1])["events"] == []

@@ -485,7 +485,7 @@ TASK_LOG_SETTINGS = {
 }
 
 
-def test_task_logs_go_to_elasticsearch_with_the_login_in_the_environment(
+def test_task_logs_go_to_elasticsearch_with_the_login_of_the_connection(
     services: dict[str, Any], filled_env: dict[str, str], tmp_path: Path
 ) -> None:
     import sys
@@ -496,7 +496,7 @@ def test_task_logs_go_to_elasticsearch_with_the_login_in_the_environment(
         assert {key: env.get(key) for key in TASK_LOG_SETTINGS} == TASK_LOG_SETTINGS, name
         host = urlsplit(env["AIRFLOW__ELASTICSEARCH__HOST"])
         assert (host.scheme, host.hostname, host.port) == ("http", "elasticsearch", 9200), name
-        assert (host.username, host.password) == ("elastic", filled_env["ELASTIC_PASSWORD"]), name
+        assert (host.username, host.password) == (None, None), f"{name}: no password in a config value"
         mounts = {m.split(":")[1]: m.split(":")[0] for m in services[name]["volumes"]}
         assert mounts["/opt/airflow/config"] == "./config", f"{name} does not mount config/ at $AIRFLOW_HOME/config"
     assert (ROOT / "config" / "quoteflow_logging.py").is_file()
@@ -505,22 +505,51 @@ def test_task_logs_go_to_elasticsearch_with_the_login_in_the_environment(
     # handler writing to the compose host. Building it makes no connection.
     env = environment(services["airflow-scheduler"])
     child_env = {
-        key: value for key, value in env.items() if key.startswith(("AIRFLOW__LOGGING__", "AIRFLOW__ELASTICSEARCH__"))
+        key: value
+        for key, value in env.items()
+        if key.startswith(("AIRFLOW__LOGGING__", "AIRFLOW__ELASTICSEARCH__"))
+        or key == "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"
     }
     child_env.update(AIRFLOW_HOME=str(tmp_path), PYTHONPATH=str(ROOT / "config"), PATH="/usr/bin:/bin")
     code = (
         "import airflow, quoteflow_logging as q; io = q.REMOTE_TASK_LOG; "
-        "print(type(io).__name__, io.target_index, io.write_to_es, q.LOGGING_CONFIG['handlers']['task']['class'])"
+        "print(type(io).__name__, io.target_index, io.write_to_es, q.LOGGING_CONFIG['handlers']['task']['class'], "
+        "q.ES_KWARGS['basic_auth'][0], q.ES_KWARGS['basic_auth'][1] == q.connection_login()[1])"
     )
     run = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split()[-4:] == [
+    assert run.stdout.split()[-6:] == [
         "ElasticsearchRemoteLogIO",
         "airflow-logs",
         "True",
-        "airflow.providers.elasticsearch.log.es_task_handler.ElasticsearchTaskHandler",
+        "quoteflow_logging.QuoteflowElasticsearchTaskHandler",  # the provider's handler, reading with its login
+        "elastic",  # the login of elasticsearch_default, not of a config value
+        "True",
     ]
     assert filled_env["ELASTIC_PASSWORD"] not in run.stdout + run.stderr
+
+
+# Airflow masks these options (sensitive) in `airflow config list`; any other value must hold no login.
+SENSITIVE_URL_OPTIONS = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CELERY__BROKER_URL",
+}
+
+
+def test_no_config_value_holds_a_url_with_a_password(services: dict[str, Any]) -> None:
+    import re
+
+    with_login = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+    found = sorted(
+        f"{name}: {key}"
+        for name, service in services.items()
+        for key, value in environment(service).items()
+        if key.startswith("AIRFLOW__") and key not in SENSITIVE_URL_OPTIONS and with_login.search(str(value))
+    )
+    assert found == []
+    # The check sees such a value: the URL form the task handler used before.
+    assert with_login.search("http://elastic:s3cret@elasticsearch:9200")
 
 
 def test_airflow_init_migrates_and_writes_the_admin_password(services: dict[str, Any], filled_env) -> None:
