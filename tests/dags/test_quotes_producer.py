@@ -17,6 +17,8 @@ from tests.helpers.producing import LOG_APPEND, read_topic, volumes_by_symbol
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 SYMBOLS = synthetic_universe(3)
+# Bars off: these runs stream to their own quotes topic and must not write the shared bars/gaps topics.
+NO_BARS = {"bar_resolutions": []}
 
 
 @pytest.fixture
@@ -73,7 +75,9 @@ def test_dag_test_streams_into_kafka_and_returns_its_summary(dag, feed_server, m
                                                              fast_tradingview_conn):  # fmt: skip
     topic = make_topic(1, LOG_APPEND)
     started = time.monotonic()
-    run = dag.test(run_conf={"max_runtime_minutes": 0.05, "url": feed_server.url, "topic": topic, "symbols": SYMBOLS})
+    run = dag.test(
+        run_conf={**NO_BARS, "max_runtime_minutes": 0.05, "url": feed_server.url, "topic": topic, "symbols": SYMBOLS}
+    )
     elapsed = time.monotonic() - started
     assert run.state == "success"
     assert elapsed < 30
@@ -94,7 +98,7 @@ def test_shards_map_one_task_each_from_the_params(dag, make_topic, kafka_bootstr
     symbols = synthetic_universe(7)
     server = FeedServer(FeedConfig(synthetic_symbols=7, rate=300, packets_per_message=3, heartbeat_interval=0.5))
     topic = make_topic(1, LOG_APPEND)
-    conf = {"max_runtime_minutes": 0.05, "url": server.start().url, "topic": topic, "symbols": symbols,
+    conf = {**NO_BARS, "max_runtime_minutes": 0.05, "url": server.start().url, "topic": topic, "symbols": symbols,
             "shard_size": 3, "connect_spacing_seconds": 0.4}  # fmt: skip
     dag.get_task("produce_quotes").partial_kwargs["stats_interval_s"] = 0.5  # interim stats within the short run
     try:
@@ -163,7 +167,7 @@ def test_a_shard_that_fails_for_good_leaves_the_other_shards_streaming(dag, make
     server = FeedServer(FeedConfig(synthetic_symbols=4, rate=300, packets_per_message=3, heartbeat_interval=0.5))
     topic = make_topic(1, LOG_APPEND)
     symbols = ["NOPE:AAA", "NOPE:BBB", *synthetic_universe(4)]  # shard 0 = the two unknown symbols
-    conf = {"max_runtime_minutes": 0.05, "url": server.start().url, "topic": topic, "symbols": symbols,
+    conf = {**NO_BARS, "max_runtime_minutes": 0.05, "url": server.start().url, "topic": topic, "symbols": symbols,
             "shard_size": 2, "connect_spacing_seconds": 0.2}  # fmt: skip
     try:
         run = dag.test(run_conf=conf)
@@ -286,7 +290,9 @@ def test_a_token_bound_for_a_foreign_host_fails_once_without_retrying(dag, monke
 
 def test_every_symbol_refused_fails_once_without_retrying(dag, feed_server, make_topic, fast_tradingview_conn, capfd):
     topic = make_topic(1, LOG_APPEND)
-    run = dag.test(run_conf={"url": feed_server.url, "topic": topic, "symbols": ["NOPE:NOSUCH", "NOPE:OTHER"]})
+    run = dag.test(
+        run_conf={**NO_BARS, "url": feed_server.url, "topic": topic, "symbols": ["NOPE:NOSUCH", "NOPE:OTHER"]}
+    )
     log = "".join(capfd.readouterr())
     ti = _only_try(run)
     assert str(ti.state) == "failed" and ti.try_number == 1
