@@ -1,13 +1,14 @@
 """An indexer window whose indexing task exhausts its retries under the real scheduler, then the repair.
 
-The fault is real and touches nothing shared but the pipeline's own daily index (near midnight,
-also the next day's): a write block (``index.blocks.write``) makes Elasticsearch refuse every bulk item with 403
-``cluster_block_exception``, which the bulk writer treats as neither transient nor the document's
-fault, so each try fails at once and nothing is dead-lettered. Then, through Airflow's REST API,
-Kafka and Elasticsearch: every try of that window's ``index_window`` (or, with mapped partition
-groups, of each ``index_group``, and ``finish`` never ran: ``upstream_failed``) failed and the
-group's committed offsets did not pass the window's start; once the block is lifted later windows succeed; ``quotes_reconcile`` (repair on) reports exactly the hole
-and fills it, after which Elasticsearch holds every Kafka record of the period.
+The fault is real and touches nothing shared but the pipeline's own daily index (near midnight, also
+the next day's): a write block (``index.blocks.write``) makes Elasticsearch refuse every bulk item
+with 403 ``cluster_block_exception``, which the bulk writer treats as neither transient nor the
+document's fault, so each try fails at once and nothing is dead-lettered. Then, through Airflow's
+REST API, Kafka and Elasticsearch: every try of that window's ``index_window`` (or, with mapped
+partition groups, of each ``index_group``, and ``finish`` never ran: ``upstream_failed``) failed and
+the group's committed offsets did not pass the window's start; once the block is lifted later
+windows succeed; ``quotes_reconcile`` (repair on) reports exactly the hole and fills it, after which
+Elasticsearch holds every Kafka record of the period.
 
 Runs after test_pipeline.py (file order), which asserts that no indexer window failed, and
 before test_shutdown.py, which ends the producer run.
