@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
+from _shared.params import dlq_topic_param, group_param, index_prefix_param, stream_params, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import DeltaDataIntervalTimetable, Param, dag, task
 
@@ -102,6 +102,7 @@ else:
         "topic": topic_param(),
         "dlq_topic": dlq_topic_param(),
         "index_prefix": index_prefix_param(),
+        **stream_params(),
         "group_id": group_param(
             "Consumer group (for lag tools)",
             "Offsets are committed under this group after each window, only so lag tools work.",

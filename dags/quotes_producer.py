@@ -43,11 +43,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from _shared.connections import connection_info
-from _shared.params import topic_param
+from _shared.params import bars_topic_param, gaps_topic_param, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import BaseOperator, Param, dag, task
 
-from quoteflow.settings import BARS_TOPIC, GAPS_TOPIC, KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
+from quoteflow.settings import KAFKA_CONN_ID, TRADINGVIEW_CONN_ID
 from quoteflow.shards import DEFAULT_CONNECT_SPACING_S, DEFAULT_SHARD_SIZE, MAX_CONNECT_SPACING_S, MAX_SHARD_SIZE
 
 
@@ -201,17 +201,9 @@ def _bar_symbols(wanted: list[str] | None, symbols: list[str]) -> list[str] | No
             title="History bars on every connect",
             description="Bars asked for on every (re)connect, so the chart is full at once; more after a long gap.",
         ),
-        "bars_topic": Param(
-            BARS_TOPIC,
-            type="string",
-            title="Bars topic",
-            description="Kafka topic of the Bar records (key = symbol|resolution); empty = bars off.",
-        ),
-        "gaps_topic": Param(
-            GAPS_TOPIC,
-            type="string",
-            title="Gaps topic",
-            description="Kafka topic of the feed-gap events (disconnect, stall, handover); empty = not written.",
+        "bars_topic": bars_topic_param("Kafka topic of the Bar records (key = symbol|resolution); empty = bars off."),
+        "gaps_topic": gaps_topic_param(
+            "Kafka topic of the feed-gap events (disconnect, stall, handover); empty = not written."
         ),
         "bar_symbols": Param(
             [],

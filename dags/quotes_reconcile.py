@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from _shared.params import dlq_topic_param, group_param, index_prefix_param, topic_param
+from _shared.params import dlq_topic_param, group_param, index_prefix_param, stream_params, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
-
-from quoteflow.settings import BARS_INDEX_PREFIX, BARS_TOPIC, GAPS_INDEX_PREFIX, GAPS_TOPIC
 
 
 @dag(
@@ -66,32 +64,7 @@ from quoteflow.settings import BARS_INDEX_PREFIX, BARS_TOPIC, GAPS_INDEX_PREFIX,
         "topic": topic_param(),
         "dlq_topic": dlq_topic_param(),
         "index_prefix": index_prefix_param(),
-        "bars_topic": Param(
-            BARS_TOPIC,
-            type="string",
-            title="Bars topic",
-            description="The Kafka topic of the bars stream; empty turns the stream off.",
-        ),
-        "bars_index_prefix": Param(
-            BARS_INDEX_PREFIX,
-            type="string",
-            minLength=1,
-            title="Bars index prefix",
-            description="Bar documents go to <prefix>YYYY.MM by start.",
-        ),
-        "gaps_topic": Param(
-            GAPS_TOPIC,
-            type="string",
-            title="Gaps topic",
-            description="The Kafka topic of the gap events; empty turns the stream off.",
-        ),
-        "gaps_index_prefix": Param(
-            GAPS_INDEX_PREFIX,
-            type="string",
-            minLength=1,
-            title="Gaps index prefix",
-            description="Gap documents go to <prefix>YYYY.MM by start.",
-        ),
+        **stream_params(),
         "group_id": group_param(
             "Indexer consumer group", "Its committed offsets mark the end of the last completed window."
         ),

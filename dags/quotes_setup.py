@@ -19,11 +19,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from _shared.connections import connection_info
-from _shared.params import dlq_topic_param, topic_param
+from _shared.params import dlq_topic_param, stream_params, topic_param
 from _shared.tasks import config_errors_fail, pipeline
 from airflow.sdk import Param, dag, task
 
-from quoteflow.settings import BARS_TOPIC, GAPS_TOPIC, KIBANA_CONN_ID
+from quoteflow.settings import KIBANA_CONN_ID
 
 
 @dag(
@@ -67,18 +67,7 @@ from quoteflow.settings import BARS_TOPIC, GAPS_TOPIC, KIBANA_CONN_ID
         ),
         "topic": topic_param(),
         "dlq_topic": dlq_topic_param(),
-        "bars_topic": Param(
-            BARS_TOPIC,
-            type="string",
-            title="Bars topic",
-            description="The Kafka topic of the bars stream; empty turns the stream off.",
-        ),
-        "gaps_topic": Param(
-            GAPS_TOPIC,
-            type="string",
-            title="Gaps topic",
-            description="The Kafka topic of the gap events; empty turns the stream off.",
-        ),
+        **stream_params(index_prefixes=False),
         "kibana_timeout_s": Param(
             180,
             type="number",
