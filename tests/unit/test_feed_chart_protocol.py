@@ -239,8 +239,8 @@ def test_coarser_resolutions_are_the_aggregate_of_the_one_minute_bars():
 
 
 def test_du_updates_the_forming_bar_and_rolls_to_a_new_index_with_the_final_values():
-    # Feed time runs 30x: one minute every 2 s.
-    with feed(clock_speed=30.0, du_interval=0.1) as (_, connect):
+    # Feed time runs 15x: one minute every 4 s, so even a loaded machine sends several du per minute.
+    with feed(clock_speed=15.0, du_interval=0.1) as (_, connect):
         client = connect()
         rows = bars_of(history(client, "cs_duabcdefghij", ETH, "1", 10))
         last = rows[-1]

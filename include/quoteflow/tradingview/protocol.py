@@ -64,7 +64,21 @@ SERVER_METHODS = frozenset(
         "clear_data",
     }
 )
-CLIENT_METHODS = frozenset(
+# The chart-session methods a client sends (the feed server answers these; the rest it accepts or ignores).
+CHART_METHODS = frozenset(
+    {
+        "chart_create_session",
+        "chart_delete_session",
+        "switch_timezone",
+        "resolve_symbol",
+        "create_series",
+        "modify_series",
+        "remove_series",
+        "request_more_data",
+        "request_more_tickmarks",
+    }
+)
+CLIENT_METHODS = CHART_METHODS | frozenset(
     {
         "set_auth_token",
         "set_locale",
@@ -76,15 +90,6 @@ CLIENT_METHODS = frozenset(
         "quote_remove_symbols",
         "quote_hibernate_all",
         "quote_delete_session",
-        "chart_create_session",
-        "chart_delete_session",
-        "switch_timezone",
-        "resolve_symbol",
-        "create_series",
-        "modify_series",
-        "remove_series",
-        "request_more_data",
-        "request_more_tickmarks",
         "create_study",
         "modify_study",
         "remove_study",

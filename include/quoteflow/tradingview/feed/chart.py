@@ -38,19 +38,6 @@ from quoteflow.tradingview.protocol import frame
 
 logger = logging.getLogger(__name__)
 
-CHART_METHODS = frozenset(
-    {
-        "chart_create_session",
-        "chart_delete_session",
-        "switch_timezone",
-        "resolve_symbol",
-        "create_series",
-        "modify_series",
-        "remove_series",
-        "request_more_data",
-        "request_more_tickmarks",
-    }
-)
 MAX_BARS = 20_000  # what TradingView's best plan serves per request (about 1.9 MB, tv protocol notes §1)
 NODE = "local-feed-charts-1"
 # Range presets (tradingview-rs create_series): how far back each reaches.

@@ -31,7 +31,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from quoteflow.tradingview.feed.chart import CHART_METHODS, ChartClient, ChartRecording, Charts
+from quoteflow.tradingview.feed.chart import ChartClient, ChartRecording, Charts
 from quoteflow.tradingview.feed.config import FeedConfig
 from quoteflow.tradingview.feed.faults import ControlFile, Faults, HandshakeLimiter, Outages
 from quoteflow.tradingview.feed.keys import instrument_of
@@ -46,6 +46,7 @@ from quoteflow.tradingview.feed.synthetic import (
 )
 from quoteflow.tradingview.feed.walk import Walk
 from quoteflow.tradingview.protocol import (
+    CHART_METHODS,
     HEARTBEAT,
     MESSAGE,
     decode_message,
