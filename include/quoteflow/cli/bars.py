@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from quoteflow import jobs
-from quoteflow.cli.common import kafka_from_env, stop_on_signals
+from quoteflow.cli.common import delivered, kafka_from_flags, stop_on_signals
 from quoteflow.cli.produce import split_symbol_list
 from quoteflow.settings import (
     BARS_TOPIC,
@@ -55,15 +54,9 @@ def bar_range(start: int | None, end: int | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Fetch the history; print the JSON summary; 0 once every series completed, 1 on a timeout or lost records."""
-    from quoteflow.kafka.quote_producer import DeliveryFailed
-
-    if args.bootstrap:
-        kafka = {"bootstrap.servers": args.bootstrap}
-    else:
-        kafka = kafka_from_env(KAFKA_CONN_ID, " (or pass --bootstrap HOST:PORT)")
-    try:
-        summary = jobs.bars(
-            jobs.Pipeline(kafka=kafka, bars_topic=args.bars_topic),
+    return delivered(
+        lambda: jobs.bars(
+            jobs.Pipeline(kafka=kafka_from_flags(args), bars_topic=args.bars_topic),
             url=args.url,
             symbols=split_symbol_list(args.symbols),
             resolutions=args.resolution or [DEFAULT_RESOLUTION],
@@ -73,9 +66,6 @@ def run(args: argparse.Namespace) -> int:
             max_seconds=args.max_seconds,
             check_topic=not args.skip_topic_check,
             stop=stop_on_signals(),
-        )
-    except DeliveryFailed as exc:
-        print(json.dumps({**getattr(exc, "summary", {}), "error": str(exc)}), flush=True)
-        return 1
-    print(json.dumps(summary), flush=True)
-    return 0 if summary.get("stopped_by") == "history_complete" else 1
+        ),
+        ok=lambda summary: summary.get("stopped_by") == "history_complete",
+    )

@@ -43,12 +43,36 @@ def es_args_from_env(conn_id: str) -> dict[str, Any]:
     return settings.elasticsearch_client_args(info)
 
 
+def kafka_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``--bootstrap HOST:PORT`` if given, else the Kafka connection of the environment."""
+    if args.bootstrap:
+        return {"bootstrap.servers": args.bootstrap}
+    return kafka_from_env(settings.KAFKA_CONN_ID, " (or pass --bootstrap HOST:PORT)")
+
+
+def delivered(job: Callable[[], dict[str, Any]], ok: Callable[[dict[str, Any]], bool] = lambda _: True) -> int:
+    """Run a job that produces to Kafka and print its JSON summary: 0 if ``ok``, 1 if not or if records were lost."""
+    from quoteflow.kafka.quote_producer import DeliveryFailed
+
+    try:
+        summary = job()
+    except DeliveryFailed as exc:
+        print(json.dumps({**getattr(exc, "summary", {}), "error": str(exc)}), flush=True)
+        return 1
+    print(json.dumps(summary), flush=True)
+    return 0 if ok(summary) else 1
+
+
 def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     """The names and connections of the pipeline a command works on."""
     parser.add_argument("--topic", default=settings.QUOTES_TOPIC, help="quotes topic (default %(default)s)")
     parser.add_argument("--dlq-topic", default=settings.DLQ_TOPIC, help="dead-letter topic (default %(default)s)")
     parser.add_argument("--index-prefix", default=settings.INDEX_PREFIX, help="index prefix (default %(default)s)")
     parser.add_argument("--group", default=settings.CONSUMER_GROUP, help="consumer group (default %(default)s)")
+    parser.add_argument("--bars-topic", default=settings.BARS_TOPIC, help="bars topic; '' turns bars off")
+    parser.add_argument("--bars-index-prefix", default=settings.BARS_INDEX_PREFIX, help="bars index prefix")
+    parser.add_argument("--gaps-topic", default=settings.GAPS_TOPIC, help="gap events topic; '' turns gaps off")
+    parser.add_argument("--gaps-index-prefix", default=settings.GAPS_INDEX_PREFIX, help="gaps index prefix")
     parser.add_argument("--kafka-conn", default=settings.KAFKA_CONN_ID, help="Kafka connection id")
     parser.add_argument("--es-conn", default=settings.ELASTICSEARCH_CONN_ID, help="Elasticsearch connection id")
     parser.add_argument("--retry-budget", type=float, default=120.0, help="seconds of Elasticsearch retries per chunk")
@@ -65,6 +89,10 @@ def pipeline(args: argparse.Namespace, *, elasticsearch: bool = True) -> Pipelin
         dlq_topic=args.dlq_topic,
         index_prefix=args.index_prefix,
         group_id=args.group,
+        bars_topic=args.bars_topic,
+        bars_index_prefix=args.bars_index_prefix,
+        gaps_topic=args.gaps_topic,
+        gaps_index_prefix=args.gaps_index_prefix,
         retry=RetryPolicy(budget_s=args.retry_budget, max_backoff_s=min(10.0, args.retry_budget)),
     )
 

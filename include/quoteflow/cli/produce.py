@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from quoteflow import jobs
-from quoteflow.cli.common import kafka_from_env, stop_on_signals
+from quoteflow.cli.common import delivered, kafka_from_flags, stop_on_signals
 from quoteflow.settings import (
     BARS_TOPIC,
     DEFAULT_HISTORY_BARS,
@@ -59,15 +58,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Stream quotes to Kafka; print the JSON summary; 0 unless records were lost."""
-    from quoteflow.kafka.quote_producer import DeliveryFailed
-
-    if args.bootstrap:
-        kafka = {"bootstrap.servers": args.bootstrap}
-    else:
-        kafka = kafka_from_env(KAFKA_CONN_ID, " (or pass --bootstrap HOST:PORT)")
-    try:
-        summary = jobs.produce(
-            jobs.Pipeline(kafka=kafka, topic=args.topic, bars_topic=args.bars_topic, gaps_topic=args.gaps_topic),
+    return delivered(
+        lambda: jobs.produce(
+            jobs.Pipeline(
+                kafka=kafka_from_flags(args), topic=args.topic, bars_topic=args.bars_topic, gaps_topic=args.gaps_topic
+            ),
             url=args.url,
             symbols=split_symbol_list(args.symbols),
             tradingview=connection_from_env(TRADINGVIEW_CONN_ID),
@@ -86,11 +81,7 @@ def run(args: argparse.Namespace) -> int:
             backoff_cap=args.backoff_cap,
             auth_retry_delay=args.auth_retry_delay,
         )
-    except DeliveryFailed as exc:
-        print(json.dumps({**getattr(exc, "summary", {}), "error": str(exc)}), flush=True)
-        return 1
-    print(json.dumps(summary), flush=True)
-    return 0
+    )
 
 
 def split_symbol_list(text: str) -> list[str]:
