@@ -37,13 +37,13 @@ def _tick(symbol: str, price: float, epoch_s: int) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture
-def pipe(kafka_bootstrap, es_client, make_topic):
+def pipe(kafka_bootstrap, es_client, es_url, make_topic):
     ensure_templates(es_client)
     hexa = uuid.uuid4().hex[:10]
     prefixes = {k: f"{k}-test-{hexa}-" for k in ("quotes", "bars", "gaps")}
     yield jobs.Pipeline(
         kafka={"bootstrap.servers": kafka_bootstrap},
-        es_args={"hosts": ["http://127.0.0.1:9200"], "request_timeout": 60},
+        es_args={"hosts": [es_url], "request_timeout": 60},
         topic=make_topic(1, LOG_APPEND),
         dlq_topic=make_topic(1),
         index_prefix=prefixes["quotes"],

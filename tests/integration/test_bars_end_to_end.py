@@ -31,7 +31,7 @@ def _epoch(text: str) -> int:
 
 
 def test_a_replay_through_produce_puts_exactly_the_expected_bars_in_kafka_and_es(
-    make_topic: Any, kafka_bootstrap: str, es_client: Any
+    make_topic: Any, kafka_bootstrap: str, es_client: Any, es_url: str
 ) -> None:
     from quoteflow.tradingview.feed.walk import parse_resolution
 
@@ -39,7 +39,7 @@ def test_a_replay_through_produce_puts_exactly_the_expected_bars_in_kafka_and_es
     hexa = uuid.uuid4().hex[:10]
     pipe = jobs.Pipeline(
         kafka={"bootstrap.servers": kafka_bootstrap},
-        es_args={"hosts": ["http://127.0.0.1:9200"], "request_timeout": 60},
+        es_args={"hosts": [es_url], "request_timeout": 60},
         topic=make_topic(1, LOG_APPEND),
         dlq_topic=make_topic(1),
         index_prefix=f"quotes-test-{hexa}-",

@@ -37,7 +37,7 @@ SOL, BTC = "BINANCE:SOLUSDT", "BINANCE:BTCUSDT"
 
 
 @pytest.fixture
-def env(kafka_bootstrap, es_client, make_topic) -> Iterator[dict[str, Any]]:
+def env(kafka_bootstrap, es_client, es_url, make_topic) -> Iterator[dict[str, Any]]:
     """Quotes, bars (2 partitions), gaps and DLQ topics; quotes-/bars-/gaps-test prefixes (deleted after)."""
     ensure_templates(es_client)
     hexa = uuid.uuid4().hex[:10]
@@ -55,7 +55,7 @@ def env(kafka_bootstrap, es_client, make_topic) -> Iterator[dict[str, Any]]:
     )
     pipe = jobs.Pipeline(
         kafka={"bootstrap.servers": kafka_bootstrap},
-        es_args={"hosts": ["http://127.0.0.1:9200"], "request_timeout": 60},
+        es_args={"hosts": [es_url], "request_timeout": 60},
         topic=quotes,
         dlq_topic=dlq,
         index_prefix=prefixes["quotes"],
@@ -305,13 +305,15 @@ def test_a_missing_bars_topic_is_skipped_but_a_create_time_one_is_refused(env, m
         plan_window(env["cfg"], start, end, refused)
 
 
-def test_setup_creates_bars_and_gaps_topics_and_templates_idempotently(kafka_bootstrap, kafka_admin, es_client) -> None:
+def test_setup_creates_bars_and_gaps_topics_and_templates_idempotently(
+    kafka_bootstrap, kafka_admin, es_client, es_url
+) -> None:
     from quoteflow.kafka.admin import describe_topic_config
 
     hexa = uuid.uuid4().hex[:10]
     pipe = jobs.Pipeline(
         kafka={"bootstrap.servers": kafka_bootstrap},
-        es_args={"hosts": ["http://127.0.0.1:9200"], "request_timeout": 60},
+        es_args={"hosts": [es_url], "request_timeout": 60},
         topic=f"test.q.{hexa}",
         dlq_topic=f"test.dlq.{hexa}",
         bars_topic=f"test.bars.{hexa}",
