@@ -98,3 +98,21 @@ def test_quotes_reach_elasticsearch_through_airflow(pipeline) -> None:
     print(f"closed windows up to {closed_end.isoformat()}: {expected} records in Kafka, {indexed} documents in ES")
     assert expected > 0
     assert indexed == expected
+
+
+def test_the_pipeline_tidies_itself_under_the_real_scheduler(pipeline) -> None:
+    """make run unpauses quotes_maintenance: its first daily run (db clean, index retention, DLQ report) succeeds."""
+
+    def finished() -> list[dict] | None:
+        runs = pipeline.api("/api/v2/dags/quotes_maintenance/dagRuns?limit=10")["dag_runs"]
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        return done or None
+
+    runs = wait_until("a finished quotes_maintenance run", finished, DEADLINE, interval=5)
+    assert {r["state"] for r in runs} == {"success"}, runs
+    tis = pipeline.api(f"/api/v2/dags/quotes_maintenance/dagRuns/{runs[0]['dag_run_id']}/taskInstances")
+    assert {t["task_id"]: t["state"] for t in tis["task_instances"]} == {
+        "clean_metadata": "success",
+        "index_retention": "success",
+        "dlq_report": "success",
+    }
