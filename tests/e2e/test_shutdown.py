@@ -23,6 +23,9 @@ from scripts.procs import alive, start_time
 from tests.helpers.e2e import airflow_write, epoch_ms, offsets_at, read_records
 
 TASK_ID = "produce_quotes"
+# The producer maps one task per shard; the default three symbols make one shard, map index 0.
+SHARD = 0
+TI = f"{TASK_ID}/{SHARD}"
 EXIT_TIMEOUT_S = 30
 
 
@@ -44,7 +47,7 @@ def _running_producer(pipeline, timeout: float = 120) -> tuple[str, int, int]:
     while time.monotonic() < deadline:
         runs = pipeline.api("/api/v2/dags/quotes_producer/dagRuns?state=running&limit=5")["dag_runs"]
         for run in runs:
-            ti = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TASK_ID}")
+            ti = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TI}")
             if ti["state"] == "running" and ti.get("pid"):
                 return run["dag_run_id"], ti["try_number"], ti["pid"]
         time.sleep(2)
@@ -59,6 +62,7 @@ def _log_path(pipeline, run_id: str, try_number: int):
         / "dag_id=quotes_producer"
         / f"run_id={run_id}"
         / f"task_id={TASK_ID}"
+        / f"map_index={SHARD}"
         / f"attempt={try_number}.log"
     )
 
@@ -70,7 +74,7 @@ def _producing_spans(pipeline, run_id: str, try_number: int) -> list[tuple[str, 
     """
     spans = []
     for run in pipeline.api("/api/v2/dags/quotes_producer/dagRuns?order_by=-run_after&limit=50")["dag_runs"]:
-        tries = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TASK_ID}/tries")[
+        tries = pipeline.api(f"/api/v2/dags/quotes_producer/dagRuns/{run['dag_run_id']}/taskInstances/{TI}/tries")[
             "task_instances"
         ]
         for t in tries:
@@ -115,7 +119,7 @@ def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline, requ
     airflow_write(
         pipeline,
         "PATCH",
-        f"/api/v2/dags/quotes_producer/dagRuns/{run_id}/taskInstances/{TASK_ID}",
+        f"/api/v2/dags/quotes_producer/dagRuns/{run_id}/taskInstances/{TI}",
         {"new_state": "failed"},
     )
 
