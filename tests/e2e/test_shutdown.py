@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import time
 from datetime import datetime
 
@@ -39,6 +40,11 @@ def _events(log_path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return events
+
+
+def _starts_producing(event: dict) -> bool:
+    """The try's "producing ..." line (prefixed with its shard: "shard 0: producing ...")."""
+    return re.match(r"(shard \S+: )?producing ", str(event.get("event"))) is not None
 
 
 def _running_producer(pipeline, timeout: float = 120) -> tuple[str, int, int]:
@@ -81,7 +87,7 @@ def _producing_spans(pipeline, run_id: str, try_number: int) -> list[tuple[str, 
             if (run["dag_run_id"], t["try_number"]) == (run_id, try_number):
                 continue
             events = _events(_log_path(pipeline, run["dag_run_id"], t["try_number"]))
-            first = next((e for e in events if str(e.get("event")).startswith("producing ")), None)
+            first = next((e for e in events if _starts_producing(e)), None)
             if first is None and t["state"] == "running":  # no line yet: it cannot have produced before now
                 continue
             last = next((e for e in events if str(e.get("event")).startswith("producer summary")), None)
@@ -159,7 +165,7 @@ def test_marking_the_producer_failed_flushes_and_exits_within_5_s(pipeline, requ
     # Read the flush back from Kafka. This try's records were appended (LogAppendTime, the broker's
     # clock, the same machine's) after its "producing ..." line and before its summary line, which is
     # logged only once the flush returned.
-    first = next(e for e in _events(log_path) if str(e.get("event")).startswith("producing "))
+    first = next(e for e in _events(log_path) if _starts_producing(e))
     begin_ms, end_ms = math.floor(epoch_ms(first["timestamp"])), math.ceil(epoch_ms(summary_event["timestamp"])) + 1
     starts = offsets_at(pipeline.kafka_bootstrap, pipeline.topic, begin_ms)
     ends = offsets_at(pipeline.kafka_bootstrap, pipeline.topic, end_ms)
