@@ -107,7 +107,11 @@ def _gap_event(es: Elasticsearch, after: float) -> dict[str, Any] | None:
             index="gaps-tradingview-*",
             size=10,
             sort=[{"start": "desc"}],
-            query={"bool": {"filter": [{"term": {"cause": "disconnect"}}, {"range": {"start": {"gte": since}}}]}},
+            query={
+                "bool": {
+                    "filter": [{"terms": {"cause": ["disconnect", "stall"]}}, {"range": {"start": {"gte": since}}}]
+                }
+            },
         )["hits"]["hits"]
     except (ESConnectionError, NotFoundError):
         return None
@@ -128,7 +132,10 @@ def test_a_two_minute_outage_leaves_no_missing_one_minute_bar(gap_pipeline: Pipe
     wait_until("closed one-minute bars of every symbol in Elasticsearch", closed_bar_indexed, FIRST_BARS_TIMEOUT_S, 5)
     with feed_with_outage(gap_pipeline) as cut:
         gap = wait_until(
-            "the disconnect gap event in Elasticsearch", lambda: _gap_event(es, cut - 60), OUTAGE_S + 240, interval=5
+            "the outage's gap event (disconnect, or stall if the cut is noticed by the watchdog) in Elasticsearch",
+            lambda: _gap_event(es, cut - 60),
+            OUTAGE_S + 240,
+            interval=5,
         )
         assert gap is not None
         start = parse_timestamp(gap["start"]).timestamp()
