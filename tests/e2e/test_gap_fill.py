@@ -26,6 +26,7 @@ from elasticsearch import ConnectionError as ESConnectionError
 from elasticsearch import Elasticsearch, NotFoundError
 
 from tests.e2e.conftest import ROOT, Pipeline, make_run, run_env
+from tests.helpers.processes import stop_process
 from tests.helpers.waiting import wait_until
 
 SYMBOLS = ("BINANCE:SOLUSDT", "BINANCE:BTCUSDT", "BINANCE:ETHUSDT")
@@ -74,12 +75,7 @@ def feed_with_outage(pipe: Pipeline) -> Iterator[float]:
     try:
         yield cut
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_process(proc)
         log.close()
 
 

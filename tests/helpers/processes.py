@@ -142,3 +142,13 @@ def read_until(proc: subprocess.Popen, text: str, timeout: float) -> str:
             pytest.fail(f"the output ended before {text!r}; got {seen[-2000:]!r}")
         seen += chunk
     return seen
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM ``proc``, then SIGKILL it if it has not exited within ``timeout`` s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers.processes import stop_process
+
 WORKER_VARIABLE = "QUOTEFLOW_CELERY_WORKER"
 START_TIMEOUT = 30.0
 
@@ -125,9 +127,4 @@ def redis_server(parent: Path) -> Iterator[RedisServer]:
             time.sleep(0.2)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
